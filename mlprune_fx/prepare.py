@@ -1,0 +1,43 @@
+"""prepare: capture -> analyze -> insert masks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import fx, nn
+
+from .config import PruningConfig
+from .errors import ConfigError, UnsupportedModelError
+from .passes.analyze import find_structures
+from .passes.capture import capture
+from .passes.insert_masks import insert_masks
+
+SUPPORTED = "BERT, RoBERTa, DistilBERT, ELECTRA and other BERT-family encoders"
+
+
+def prepare(
+    model: nn.Module,
+    config: PruningConfig | None = None,
+    example_inputs: Mapping[str, torch.Tensor] | None = None,
+) -> fx.GraphModule:
+    """Capture `model` and insert learnable masks; the result trains like the model.
+
+    example_inputs: the keyword tensors `model.forward` takes (include `labels` to
+    get `out.loss`). Batch and sequence length stay dynamic. The model itself is
+    not modified.
+    """
+    config = PruningConfig() if config is None else config
+    if not isinstance(config, PruningConfig):
+        raise ConfigError(f"config must be a mlprune_fx.PruningConfig, got {type(config).__name__}")
+    gm = capture(model, example_inputs)
+    structure = find_structures(gm, config.skip)
+    if not structure:
+        seen = ", ".join(s.weight for s in structure.skipped[:6]) or "no linear layer at all"
+        raise UnsupportedModelError(
+            f"found nothing to prune in {type(model).__name__}: no attention block (Q/K/V linears "
+            f"meeting in attention, then an output linear) and no FFN block (linear -> activation "
+            f"-> linear). Linears seen: {seen}. mlprune_fx prunes {SUPPORTED}; "
+            "run mlprune_fx.describe(model) to see what the graph holds."
+        )
+    return insert_masks(gm, structure, config)

@@ -1,0 +1,1 @@
+"""Graph passes: capture, analysis, mask insertion and the convert passes."""

@@ -1,0 +1,109 @@
+"""compact_rows: remove pruned FFN rows, and pruned output rows of O and FC2."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from ..masking import broadcast_bias
+from ..state import LinearMasks, PruningState, pruning_state
+from .graph_utils import add_index_buffer, finish, get_tensor, kept_indices, nodes_by_name, set_tensor
+from .structures import LinearSite
+
+_aten = torch.ops.aten
+
+
+def _slice(gm, target: str | None, index: torch.Tensor, dim: int) -> None:
+    if target is None:
+        return
+    t = get_tensor(gm, target)
+    set_tensor(gm, target, t.index_select(dim, index.to(t.device)))
+
+
+def _site_node(state: PruningState, nodes, site: LinearSite) -> fx.Node:
+    return nodes[state.renamed.get(site.node, site.node)]
+
+
+def _bias_target(node: fx.Node, site: LinearSite) -> str | None:
+    """A linear's bias, or the bias a `broadcast_bias` node stands on."""
+    if node.target is broadcast_bias:
+        return node.args[1].target
+    return site.bias
+
+
+def _compact_ffn_rows(gm, state: PruningState, nodes) -> None:
+    for block in state.structure.ffn:
+        lm = state.masks_of(block.fc1.weight)
+        if lm is None or lm.rows is None:
+            continue
+        rows = kept_indices(state.frozen[lm.rows.key])
+        if len(rows) == block.fc1.out_features:
+            continue
+        _slice(gm, block.fc1.weight, rows, 0)
+        _slice(gm, block.fc1.bias, rows, 0)
+        _slice(gm, block.fc2.weight, rows, 1)
+        if len(rows) == 0:
+            fc2 = _site_node(state, nodes, block.fc2)
+            x = nodes[block.fc1.node].args[0]
+            bias = block.fc2.bias
+            if bias is None:
+                bias = block.name.replace(".", "_") + "__no_rows_bias"
+                w = get_tensor(gm, block.fc2.weight)
+                gm.register_buffer(bias, torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+            with gm.graph.inserting_before(fc2):
+                new = gm.graph.call_function(broadcast_bias, (x, gm.graph.get_attr(bias)))
+            fc2.replace_all_uses_with(new)
+            gm.graph.erase_node(fc2)
+            nodes[new.name] = new
+            state.renamed[block.fc2.node] = new.name
+
+
+def _compact_output_rows(gm, state: PruningState, nodes, lm: LinearMasks, residual: str | None) -> None:
+    """out = residual + f(W x + b) becomes residual.index_add(-1, kept, f(W[kept] x + b[kept]))."""
+    if lm.rows is None or residual is None or lm.rows.unit != 1:
+        return
+    rows = kept_indices(state.frozen[lm.rows.key])
+    site = lm.site
+    if len(rows) == site.out_features:
+        return
+    node = _site_node(state, nodes, site)
+    _slice(gm, site.weight, rows, 0)
+    _slice(gm, _bias_target(node, site), rows, 0)
+    add = nodes[residual]
+    path_out, skip = add.args
+    if not _reaches(path_out, node):
+        path_out, skip = skip, path_out
+    if len(rows) == 0:
+        add.replace_all_uses_with(skip)
+        gm.graph.erase_node(add)
+        return
+    index = add_index_buffer(gm, site.weight.removesuffix(".weight").replace(".", "_") + "__kept_rows", rows, add)
+    with gm.graph.inserting_before(add):
+        new = gm.graph.call_function(_aten.index_add.default, (skip, -1, index, path_out))
+    add.replace_all_uses_with(new)
+    gm.graph.erase_node(add)
+
+
+def _reaches(node: fx.Node, source: fx.Node) -> bool:
+    while isinstance(node, fx.Node):
+        if node is source:
+            return True
+        node = node.args[0] if node.args else None
+    return False
+
+
+def compact_rows(gm: fx.GraphModule) -> fx.GraphModule:
+    state = pruning_state(gm, "frozen")
+    nodes = nodes_by_name(gm)
+    _compact_ffn_rows(gm, state, nodes)
+    nodes = nodes_by_name(gm)
+    for block in state.structure.attention:
+        lm = state.masks_of(block.o.weight)
+        if lm is not None:
+            _compact_output_rows(gm, state, nodes, lm, block.o_residual)
+    for block in state.structure.ffn:
+        lm = state.masks_of(block.fc2.weight)
+        if lm is not None:
+            _compact_output_rows(gm, state, nodes, lm, block.fc2_residual)
+    gm.graph.eliminate_dead_code()
+    return finish(gm)

@@ -1,0 +1,49 @@
+"""freeze_masks: Top-k scores -> binary masks multiplied into the weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from ..masking import expand_units, masked_bias, masked_weight
+from ..state import MASK_CONTAINER, mask_modules, pruning_state
+from ..report import _effective
+from .graph_utils import finish, get_tensor, nodes_by_name, set_tensor
+
+
+def freeze_masks(gm: fx.GraphModule) -> fx.GraphModule:
+    """Bake the current hard masks into W and b and drop every mask from the graph.
+
+    The binary masks are kept in the pruning state: the compaction passes read
+    them to know which heads, rows and blocks are gone.
+    """
+    state = pruning_state(gm, "prepared")
+    with torch.no_grad():
+        masks = {k: m().detach().clone() for k, m in mask_modules(gm).items()}
+        for lm in state.linears:
+            eff = _effective(lm, masks, state.config.block_size)
+            w = get_tensor(gm, lm.site.weight)
+            set_tensor(gm, lm.site.weight, masked_weight(w, elements=eff.to(w.device)))
+            if lm.site.bias is not None and lm.rows is not None:
+                b = get_tensor(gm, lm.site.bias)
+                rows = expand_units(masks[lm.rows.key], lm.rows.unit).to(b.device)
+                set_tensor(gm, lm.site.bias, masked_bias(b, rows))
+    nodes = nodes_by_name(gm)
+    for lm in state.linears:
+        linear = nodes[lm.site.node]
+        args = list(linear.args)
+        for i in (1, 2):
+            arg = args[i] if i < len(args) else None
+            while isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target in (masked_weight, masked_bias):
+                arg = arg.args[0]
+            if i < len(args):
+                args[i] = arg
+        linear.args = tuple(args)
+    gm.graph.eliminate_dead_code()
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target.startswith(MASK_CONTAINER + ".") and not node.users:
+            gm.graph.erase_node(node)
+    delattr(gm, MASK_CONTAINER)
+    state.frozen = masks
+    state.stage = "frozen"
+    return finish(gm)

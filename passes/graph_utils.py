@@ -1,0 +1,43 @@
+"""Small helpers the rewrite passes share: parameter surgery and node lookup."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+
+def get_tensor(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
+def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
+    """Replace a parameter (or buffer) in place of the old one, keeping its name."""
+    owner_name, _, name = target.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    old = getattr(owner, name)
+    if isinstance(old, nn.Parameter):
+        setattr(owner, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+    else:
+        owner.register_buffer(name, value.detach().clone())
+
+
+def nodes_by_name(gm: fx.GraphModule) -> dict[str, fx.Node]:
+    return {n.name: n for n in gm.graph.nodes}
+
+
+def kept_indices(mask: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(mask.reshape(-1) > 0, as_tuple=False).reshape(-1)
+
+
+def add_index_buffer(gm: fx.GraphModule, name: str, index: torch.Tensor, before: fx.Node) -> fx.Node:
+    """Register `index` as a buffer of `gm` and return a get_attr node for it."""
+    gm.register_buffer(name, index.to(torch.long), persistent=True)
+    with gm.graph.inserting_before(before):
+        return gm.graph.get_attr(name)
+
+
+def finish(gm: fx.GraphModule) -> fx.GraphModule:
+    gm.graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,1 @@
+"""Runtime: ONNX Runtime sessions and the native block-sparse kernel."""
