@@ -9,16 +9,25 @@ from torch import fx
 from .passes.cleanup import cleanup
 from .passes.compact_heads import compact_heads
 from .passes.compact_rows import compact_rows
+from .passes.drop_inputs import drop_inputs
 from .passes.freeze_masks import freeze_masks
 from .state import pruning_state
 
 
-def convert(prepared: fx.GraphModule, inplace: bool = False) -> fx.GraphModule:
-    """A smaller eval-mode GraphModule: pruned heads and rows are physically gone."""
+def convert(prepared: fx.GraphModule, inference: bool = True, inplace: bool = False) -> fx.GraphModule:
+    """A smaller eval-mode GraphModule: pruned heads and rows are physically gone.
+
+    inference: drop `labels` from the inputs and `loss` from the outputs, so the
+    result takes what a deployed model takes. `prepared` is left as it was
+    unless `inplace`.
+    """
     pruning_state(prepared, "prepared")
     gm = prepared if inplace else copy.deepcopy(prepared)
     gm.eval()
-    for step in (freeze_masks, compact_heads, compact_rows, cleanup):
+    steps = [freeze_masks, compact_heads, compact_rows, cleanup]
+    if inference:
+        steps.insert(0, drop_inputs)
+    for step in steps:
         gm = step(gm)
     pruning_state(gm).stage = "converted"
     return gm

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from mlprune_fx.errors import MLPruneError
+
 __all__ = ["PACKAGED_DATASETS", "DataError", "DataSplits", "TextDataset", "batches", "load_dataset", "tokenize"]
 
 _TEXT_COLUMNS = ("text", "sentence", "sentence1")
@@ -33,7 +35,7 @@ _INT = re.compile(r"[+-]?\d+")
 _Examples = tuple[list[str], list[str] | None, list[Any]]
 
 
-class DataError(ValueError):
+class DataError(MLPruneError, ValueError):
     """Bad data input; the message names the problem and how to fix it."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping
 
@@ -41,9 +42,11 @@ def check_example_inputs(model: nn.Module, example_inputs) -> dict[str, torch.Te
     inputs = dict(example_inputs)
     if not inputs:
         raise ExampleInputsError("example_inputs is empty: give at least {'input_ids': ids}")
-    params = inspect.signature(model.forward).parameters
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    unknown = [k for k in inputs if k not in params and not takes_kwargs]
+    params = {
+        name: p for name, p in inspect.signature(model.forward).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    unknown = [k for k in inputs if k not in params]
     if unknown:
         raise ExampleInputsError(
             f"{type(model).__name__}.forward() does not accept {unknown}; it accepts "
@@ -79,8 +82,9 @@ def check_example_inputs(model: nn.Module, example_inputs) -> dict[str, torch.Te
     return inputs
 
 
-def _dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, object]]:
-    return {k: {d: Dim.DYNAMIC for d in range(min(v.dim(), 2))} for k, v in inputs.items()}
+def dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, object]]:
+    """Batch is dynamic everywhere; sequence only where dim 1 is one ([B, S] or [B, S, H])."""
+    return {k: {d: Dim.DYNAMIC for d in range(2 if v.dim() in (2, 3) else 1)} for k, v in inputs.items()}
 
 
 def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
@@ -93,7 +97,7 @@ def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
     was_training = model.training
     model.train()
     try:
-        program = torch.export.export(model, (), inputs, dynamic_shapes=_dynamic_shapes(inputs))
+        program = torch.export.export(model, (), inputs, dynamic_shapes=dynamic_shapes(inputs))
     except Exception as exc:
         reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise CaptureError(
@@ -104,7 +108,7 @@ def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
         ) from exc
     finally:
         model.train(was_training)
-    gm = program.module()
+    gm = copy.deepcopy(program.module())  # the export aliases the model's own tensors
     for name in ("train", "eval"):
         gm.__dict__.pop(name, None)
     gm = make_dropout_switchable(gm)

@@ -1,0 +1,120 @@
+"""export_onnx: a converted GraphModule -> an ONNX file with dynamic batch and sequence."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import fx
+from torch.fx.graph import _PyTreeCodeGen
+
+from .errors import ExampleInputsError
+from .passes.capture import dynamic_shapes
+from .state import pruning_state
+
+_MLPRUNE_NAMESPACE = "mlprune"
+
+
+def input_names(gm: fx.GraphModule) -> list[str]:
+    codegen = gm.graph._codegen
+    if isinstance(codegen, _PyTreeCodeGen):
+        return list(codegen.pytree_info.orig_args)
+    return [n.target for n in gm.graph.find_nodes(op="placeholder")]
+
+
+def output_names(gm: fx.GraphModule) -> list[str] | None:
+    """Names of the flattened outputs, from the output type's fields (e.g. `logits`)."""
+    codegen = gm.graph._codegen
+    if not isinstance(codegen, _PyTreeCodeGen) or codegen.pytree_info.out_spec is None:
+        return None
+
+    def walk(spec, prefix):
+        if spec.is_leaf():
+            return [prefix or "output"]
+        context = spec.context if isinstance(spec.context, list) else list(range(spec.num_children))
+        names = []
+        for key, child in zip(context, spec.children()):
+            names.extend(walk(child, f"{prefix}.{key}" if prefix else str(key)))
+        return names
+
+    return walk(codegen.pytree_info.out_spec, "")
+
+
+def uses_native_ops(gm: fx.GraphModule) -> bool:
+    return any(
+        n.op == "call_function" and getattr(n.target, "namespace", None) == _MLPRUNE_NAMESPACE
+        for n in gm.graph.nodes
+    )
+
+
+def _check_inputs(gm: fx.GraphModule, example_inputs) -> dict[str, torch.Tensor]:
+    expected = input_names(gm)
+    if example_inputs is None:
+        raise ExampleInputsError(f"export_onnx needs example_inputs with the keys {expected}")
+    if not isinstance(example_inputs, Mapping):
+        raise ExampleInputsError(f"example_inputs must be a dict with the keys {expected}")
+    inputs = dict(example_inputs)
+    if set(inputs) != set(expected):
+        extra = sorted(set(inputs) - set(expected))
+        missing = sorted(set(expected) - set(inputs))
+        hint = " (the converted model takes no labels; leave them out)" if "labels" in extra else ""
+        raise ExampleInputsError(
+            f"example_inputs do not match the converted model's inputs {expected}: "
+            f"missing {missing}, unexpected {extra}{hint}"
+        )
+    inputs = {k: inputs[k] for k in expected}
+    if next(iter(inputs.values())).shape[0] == 1:
+        inputs = {k: torch.cat([v, v]) for k, v in inputs.items()}
+    return inputs
+
+
+def export_onnx(
+    converted: fx.GraphModule,
+    path: str | os.PathLike,
+    example_inputs: Mapping[str, torch.Tensor] | None = None,
+    *,
+    standard_ops: bool = False,
+    opset_version: int | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Write `converted` as ONNX; batch and sequence stay dynamic.
+
+    Block-sparse linears become `ai.mlprune::BlockSparseLinear` (run them with
+    `mlprune_fx.runtime.InferenceSession`), or standard ONNX ops when
+    `standard_ops=True`, for runtimes without the mlprune library. The file is
+    written to a temporary name first, so a failed export leaves `path` untouched.
+    """
+    pruning_state(converted, "converted")
+    inputs = _check_inputs(converted, example_inputs)
+    dynamic = dynamic_shapes(inputs)
+    kwargs = {}
+    if uses_native_ops(converted):
+        from .runtime.onnx_translation import translation_table
+
+        kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops)
+    if opset_version is not None:
+        kwargs["opset_version"] = opset_version
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    converted.eval()
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log) if not verbose else contextlib.nullcontext():
+            program = torch.onnx.export(
+                converted, (), kwargs=inputs, dynamo=True, dynamic_shapes=dynamic,
+                input_names=list(inputs), output_names=output_names(converted),
+                external_data=False, verbose=verbose, **kwargs,
+            )
+        program.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

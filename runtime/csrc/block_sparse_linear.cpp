@@ -1,0 +1,302 @@
+#include "block_sparse_linear.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#pragma GCC visibility push(hidden)
+
+#define MLP_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma"), optimize("no-ivopts")))
+#define MLP_AVX2 __attribute__((target("avx2,fma")))
+
+namespace mlprune {
+namespace {
+
+struct Tile {
+  const float* x;  // row m0, column 0
+  int64_t ldx;
+  const float* vals;
+  const int64_t* cols;
+  int64_t kb, ke;
+  const float* bias;  // b floats of this row-block, or nullptr
+  float* y;           // row m0, column r*b
+  int64_t ldy;
+};
+using TileFn = void (*)(const Tile&);
+
+constexpr int kMaxMr = 12;
+
+// ---- AVX-512: one tile = M rows x B outputs held in M*B/16 zmm accumulators ----
+template <int B, int M>
+MLP_AVX512 void tile_avx512(const Tile& t) {
+  constexpr int V = B / 16;
+  __m512 acc[M][V];
+  for (int v = 0; v < V; ++v) {
+    const __m512 init = t.bias ? _mm512_loadu_ps(t.bias + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[m][v] = init;
+  }
+  const int64_t ldx = t.ldx;
+  // Rows are addressed as base[g] + (m % 4) * ldx: 3 bases + 3 strides instead of 12 row pointers.
+  constexpr int G = (M + 3) / 4;
+  for (int64_t k = t.kb; k < t.ke; ++k) {
+    const float* w = t.vals + k * B * B;
+    const float* base[G];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) base[g] = t.x + 4 * g * ldx + t.cols[k] * B;
+#pragma GCC unroll 32
+    for (int i = 0; i < B; ++i) {
+      __m512 wv[V];
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(w + i * B + 16 * v);
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m) {
+        const __m512 xb = _mm512_set1_ps(base[m / 4][(m % 4) * ldx + i]);
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) acc[m][v] = _mm512_fmadd_ps(xb, wv[v], acc[m][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(t.y + m * t.ldy + 16 * v, acc[m][v]);
+}
+
+// ---- AVX2: M rows x 16 outputs (2 ymm) per pass; b = 32 takes two passes ----
+template <int B, int M>
+MLP_AVX2 void tile_avx2(const Tile& t) {
+  const int64_t ldx = t.ldx;
+  for (int j0 = 0; j0 < B; j0 += 16) {
+    __m256 acc[M][2];
+    for (int v = 0; v < 2; ++v) {
+      const __m256 init =
+          t.bias ? _mm256_loadu_ps(t.bias + j0 + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[m][v] = init;
+    }
+    for (int64_t k = t.kb; k < t.ke; ++k) {
+      const float* w = t.vals + k * B * B + j0;
+      const float* xc = t.x + t.cols[k] * B;
+#pragma GCC unroll 4
+      for (int i = 0; i < B; ++i) {
+        const __m256 w0 = _mm256_loadu_ps(w + i * B);
+        const __m256 w1 = _mm256_loadu_ps(w + i * B + 8);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const __m256 xb = _mm256_broadcast_ss(xc + m * ldx + i);
+          acc[m][0] = _mm256_fmadd_ps(xb, w0, acc[m][0]);
+          acc[m][1] = _mm256_fmadd_ps(xb, w1, acc[m][1]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) {
+      _mm256_storeu_ps(t.y + m * t.ldy + j0, acc[m][0]);
+      _mm256_storeu_ps(t.y + m * t.ldy + j0 + 8, acc[m][1]);
+    }
+  }
+}
+
+// ---- portable fallback ----
+template <int B, int M>
+void tile_scalar(const Tile& t) {
+  float acc[M][B];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < B; ++j) acc[m][j] = t.bias ? t.bias[j] : 0.0f;
+  for (int64_t k = t.kb; k < t.ke; ++k) {
+    const float* w = t.vals + k * B * B;
+    const float* xc = t.x + t.cols[k] * B;
+    for (int i = 0; i < B; ++i)
+      for (int m = 0; m < M; ++m) {
+        const float xv = xc[m * t.ldx + i];
+        for (int j = 0; j < B; ++j) acc[m][j] += xv * w[i * B + j];
+      }
+  }
+  for (int m = 0; m < M; ++m) std::memcpy(t.y + m * t.ldy, acc[m], sizeof(float) * B);
+}
+
+// table[isa][block == 32][rows] for rows in 1..kMaxMr
+struct TileTable {
+  TileFn fn[3][2][kMaxMr + 1] = {};
+};
+
+template <int B, int... Ms>
+void fill(TileFn (&s)[kMaxMr + 1], TileFn (&a2)[kMaxMr + 1], TileFn (&a5)[kMaxMr + 1],
+          std::integer_sequence<int, Ms...>) {
+  ((s[Ms + 1] = &tile_scalar<B, Ms + 1>), ...);
+  ((a2[Ms + 1] = &tile_avx2<B, Ms + 1>), ...);
+  ((a5[Ms + 1] = &tile_avx512<B, Ms + 1>), ...);
+}
+
+const TileTable& tiles() {
+  static const TileTable table = [] {
+    TileTable t;
+    const auto seq = std::make_integer_sequence<int, kMaxMr>{};
+    fill<16>(t.fn[0][0], t.fn[1][0], t.fn[2][0], seq);
+    fill<32>(t.fn[0][1], t.fn[1][1], t.fn[2][1], seq);
+    return t;
+  }();
+  return table;
+}
+
+int64_t rows_per_tile(Isa isa, int64_t block) {
+  switch (isa) {
+    case Isa::kAvx512: return block == 32 ? 12 : 12;
+    case Isa::kAvx2: return 6;
+    default: return 4;
+  }
+}
+
+Isa detect() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("fma"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+Isa initial_isa() {
+  Isa isa = detect();
+  if (const char* env = std::getenv("MLPRUNE_KERNEL_ISA")) {
+    Isa wanted;
+    if (parse_isa(env, &wanted)) isa = std::min(wanted, isa);
+  }
+  return isa;
+}
+
+std::atomic<int>& isa_state() {
+  static std::atomic<int> state{static_cast<int>(initial_isa())};
+  return state;
+}
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa isa = detect();
+  return isa;
+}
+
+Isa active_isa() { return static_cast<Isa>(isa_state().load()); }
+
+Isa set_isa(Isa isa) {
+  const Isa chosen = std::min(isa, best_isa());
+  isa_state().store(static_cast<int>(chosen));
+  return chosen;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+bool parse_isa(const std::string& name, Isa* out) {
+  if (name == "auto") *out = best_isa();
+  else if (name == "avx512") *out = Isa::kAvx512;
+  else if (name == "avx2") *out = Isa::kAvx2;
+  else if (name == "scalar") *out = Isa::kScalar;
+  else return false;
+  return true;
+}
+
+std::string validate(const BsrLinearArgs& a, const std::vector<int64_t>& values_dims,
+                     int64_t row_ptr_len, int64_t col_idx_len, int64_t bias_len) {
+  const std::string shape =
+      "weight [" + std::to_string(a.out_features) + ", " + std::to_string(a.in_features) + "]";
+  if (values_dims.size() != 3 || values_dims[1] != values_dims[2])
+    return "values must have shape [nnzb, b, b]";
+  const int64_t b = values_dims[1];
+  if (b != 16 && b != 32)
+    return "block size " + std::to_string(b) + " is not supported (use 16 or 32)";
+  if (a.out_features <= 0 || a.in_features <= 0 || a.out_features % b || a.in_features % b)
+    return shape + " is not a whole number of " + std::to_string(b) + "x" + std::to_string(b) +
+           " blocks; out and in features must be positive multiples of the block size";
+  const int64_t rb = a.out_features / b, cb = a.in_features / b;
+  if (row_ptr_len != rb + 1)
+    return "row_ptr has " + std::to_string(row_ptr_len) + " entries, expected out_features/b+1 = " +
+           std::to_string(rb + 1);
+  if (col_idx_len != values_dims[0])
+    return "col_idx has " + std::to_string(col_idx_len) + " entries but values holds " +
+           std::to_string(values_dims[0]) + " blocks";
+  if (bias_len >= 0 && bias_len != a.out_features)
+    return "bias has " + std::to_string(bias_len) + " entries, expected " +
+           std::to_string(a.out_features);
+  if (a.row_ptr[0] != 0 || a.row_ptr[rb] != col_idx_len)
+    return "row_ptr must start at 0 and end at nnzb = " + std::to_string(col_idx_len);
+  for (int64_t r = 0; r < rb; ++r)
+    if (a.row_ptr[r + 1] < a.row_ptr[r]) return "row_ptr must be non-decreasing";
+  for (int64_t k = 0; k < col_idx_len; ++k)
+    if (a.col_idx[k] < 0 || a.col_idx[k] >= cb)
+      return "col_idx[" + std::to_string(k) + "] = " + std::to_string(a.col_idx[k]) +
+             " is outside [0, " + std::to_string(cb) + ")";
+  return "";
+}
+
+Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active_isa()) {
+  const int64_t b = a_.block;
+  row_blocks_ = a_.out_features / b;
+  mr_ = rows_per_tile(isa_, b);
+  // Keep one task's X rows (tile_rows_ x in) within about half an L2.
+  const int64_t budget_rows = (256 * 1024) / std::max<int64_t>(1, a_.in_features * 4);
+  tile_rows_ = std::max<int64_t>(1, budget_rows / mr_) * mr_;
+  tile_rows_ = std::min(tile_rows_, ((a_.rows + mr_ - 1) / mr_) * mr_);
+  const int64_t n_tiles = a_.rows > 0 ? (a_.rows + tile_rows_ - 1) / tile_rows_ : 0;
+  const int64_t n_tasks = n_tiles * row_blocks_;
+  max_parts = std::max<int64_t>(1, std::min(max_parts, n_tasks));
+
+  // Cost of a task ~ rows * (kept blocks + fixed init/store overhead).
+  std::vector<double> prefix(n_tasks + 1, 0.0);
+  for (int64_t t = 0, idx = 0; t < n_tiles; ++t) {
+    const double rows = static_cast<double>(std::min(tile_rows_, a_.rows - t * tile_rows_));
+    for (int64_t r = 0; r < row_blocks_; ++r, ++idx) {
+      const double kept = static_cast<double>(a_.row_ptr[r + 1] - a_.row_ptr[r]);
+      prefix[idx + 1] = prefix[idx] + rows * (kept + 0.25);
+    }
+  }
+  bounds_.assign(max_parts + 1, n_tasks);
+  bounds_[0] = 0;
+  for (int64_t p = 1; p < max_parts; ++p) {
+    const double target = prefix[n_tasks] * static_cast<double>(p) / static_cast<double>(max_parts);
+    const auto it = std::lower_bound(prefix.begin(), prefix.end(), target);
+    bounds_[p] = std::max(bounds_[p - 1], static_cast<int64_t>(it - prefix.begin()));
+  }
+}
+
+void Plan::run_part(int64_t part) const {
+  const auto& table = tiles().fn[static_cast<int>(isa_)][a_.block == 32 ? 1 : 0];
+  const int64_t b = a_.block;
+  for (int64_t idx = bounds_[part]; idx < bounds_[part + 1]; ++idx) {
+    const int64_t t = idx / row_blocks_, r = idx % row_blocks_;
+    const int64_t row_end = std::min(a_.rows, (t + 1) * tile_rows_);
+    Tile tile;
+    tile.ldx = a_.in_features;
+    tile.vals = a_.values;
+    tile.cols = a_.col_idx;
+    tile.kb = a_.row_ptr[r];
+    tile.ke = a_.row_ptr[r + 1];
+    tile.bias = a_.bias ? a_.bias + r * b : nullptr;
+    tile.ldy = a_.out_features;
+    for (int64_t m0 = t * tile_rows_; m0 < row_end; m0 += mr_) {
+      const int64_t rows = std::min(mr_, row_end - m0);
+      tile.x = a_.x + m0 * a_.in_features;
+      tile.y = a_.y + m0 * a_.out_features + r * b;
+      table[rows](tile);
+    }
+  }
+}
+
+void Plan::run_all() const {
+  for (int64_t p = 0; p < num_parts(); ++p) run_part(p);
+}
+
+}  // namespace mlprune
+
+#pragma GCC visibility pop

@@ -1,0 +1,73 @@
+// Block-sparse linear kernel shared by the PyTorch op and the ONNX Runtime custom op.
+//
+//   Y[n, :] = X[n, :] W^T + bias,   W [out, in] stored as BSR with b x b blocks (b in {16, 32}).
+//
+// Layout: row_ptr [out/b + 1] and col_idx [nnzb] (int64) index the kept blocks of each
+// row-block; values [nnzb, b, b] holds each block PRE-TRANSPOSED:
+//   values[k][i][j] = W[r*b + j, col_idx[k]*b + i]     (i: input, j: output within block).
+// Why transposed: the microkernel broadcasts one X element and FMAs it into a full row of
+// output features (2 zmm for b = 32), so a block row must be contiguous over outputs. With
+// W's own row-major blocks the same tile needs a dot-product form with horizontal sums or
+// an on-the-fly transpose; both cost more than zero (measured by bench_kernel.py history:
+// the transposed layout lets the hot loop be one load per 16 FMA lanes of W).
+//
+// Threading is left to the caller: Plan splits the work (N-tiles x row-blocks, ordered
+// N-tile major so each worker keeps its X rows in cache) into cost-balanced parts; each
+// front end runs parts on its own pool (at::parallel_for, OrtApi::KernelContext_ParallelFor).
+// One binary runs on any x86-64: AVX-512 / AVX2+FMA / scalar paths are picked at run time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#pragma GCC visibility push(hidden)
+
+namespace mlprune {
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+Isa best_isa();                   // what this CPU supports
+Isa active_isa();                 // what the kernel uses now
+Isa set_isa(Isa isa);             // clamps to best_isa(); returns the isa now active
+const char* isa_name(Isa isa);
+bool parse_isa(const std::string& name, Isa* out);  // "auto", "scalar", "avx2", "avx512"
+
+struct BsrLinearArgs {
+  const float* x = nullptr;        // [rows, in_features], row-major, contiguous
+  int64_t rows = 0;
+  int64_t in_features = 0;
+  const float* values = nullptr;   // [nnzb, block, block], blocks transposed (see above)
+  const int64_t* row_ptr = nullptr;  // [out_features / block + 1]
+  const int64_t* col_idx = nullptr;  // [nnzb]
+  int64_t nnzb = 0;
+  const float* bias = nullptr;     // [out_features] or nullptr
+  float* y = nullptr;              // [rows, out_features]
+  int64_t out_features = 0;
+  int64_t block = 0;
+};
+
+// Checks shapes and index contents; returns "" when fine, else a message naming the problem.
+// values_dims: the dims of the values tensor; row_ptr_len / col_idx_len: their lengths.
+std::string validate(const BsrLinearArgs& a, const std::vector<int64_t>& values_dims,
+                     int64_t row_ptr_len, int64_t col_idx_len, int64_t bias_len);
+
+class Plan {
+ public:
+  Plan(const BsrLinearArgs& args, int64_t max_parts);
+  int64_t num_parts() const { return static_cast<int64_t>(bounds_.size()) - 1; }
+  void run_part(int64_t part) const;  // thread-safe; parts write disjoint parts of y
+  void run_all() const;
+
+ private:
+  BsrLinearArgs a_;
+  Isa isa_;
+  int64_t mr_ = 1;         // rows per microkernel tile
+  int64_t tile_rows_ = 1;  // rows per task (multiple of mr_)
+  int64_t row_blocks_ = 0;
+  std::vector<int64_t> bounds_;  // task index where each part starts, plus the end
+};
+
+}  // namespace mlprune
+
+#pragma GCC visibility pop

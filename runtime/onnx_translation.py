@@ -1,0 +1,96 @@
+"""ONNX export of torch.ops.mlprune.block_sparse_linear for torch.onnx.export(dynamo=True).
+
+Two translations, picked with `translation_table(standard_ops=...)`:
+- custom op (default): one ai.mlprune::BlockSparseLinear node, run by our ONNX Runtime library;
+- standard ops: rebuild the dense W^T from the blocks (ScatterND) and MatMul, so any ONNX runtime
+  can run the model. The blocks are initializers, so ONNX Runtime constant-folds W^T at load time.
+
+The custom domain needs an ONNX OpSchema: onnxscript resolves ops through the schema registry (that
+is what fails for a schema-less custom op), so `register_onnx_schema()` adds one once per process.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+import onnxscript
+from onnx.defs import OpSchema
+from onnxscript import opset18 as op
+
+ORT_DOMAIN = "ai.mlprune"
+OP_TYPE = "BlockSparseLinear"
+OPSET_VERSION = 1
+
+
+def register_onnx_schema() -> None:
+    """Make ai.mlprune::BlockSparseLinear known to onnx (and so to onnxscript and onnx.checker)."""
+    if onnx.defs.has(OP_TYPE, ORT_DOMAIN):
+        return
+    param = OpSchema.FormalParameter
+    optional = OpSchema.FormalParameterOption.Optional
+    onnx.defs.register_schema(
+        OpSchema(
+            OP_TYPE,
+            ORT_DOMAIN,
+            OPSET_VERSION,
+            doc="Y = X W^T + bias, W stored as BSR blocks (values[k] = block transposed). See mlprune_fx.runtime.ops.",
+            inputs=[
+                param("X", "T", "input [..., in_features]"),
+                param("values", "T", "kept blocks [nnzb, b, b], each transposed"),
+                param("row_ptr", "tensor(int64)", "row-block pointers [out/b + 1]"),
+                param("col_idx", "tensor(int64)", "column-block index of each kept block [nnzb]"),
+                param("bias", "T", "bias [out_features]", param_option=optional),
+            ],
+            outputs=[param("Y", "T", "output [..., out_features]")],
+            type_constraints=[("T", ["tensor(float)"], "float32 only")],
+            attributes=[OpSchema.Attribute("out_features", OpSchema.AttrType.INT, "rows of W")],
+        )
+    )
+
+
+def _opset() -> onnxscript.values.Opset:
+    register_onnx_schema()
+    return onnxscript.values.Opset(ORT_DOMAIN, OPSET_VERSION)
+
+
+def block_sparse_linear_custom(x, values, row_ptr, col_idx, bias=None, out_features: int = 0):
+    """One ai.mlprune::BlockSparseLinear node (needs the mlprune ONNX Runtime library)."""
+    return _opset().BlockSparseLinear(x, values, row_ptr, col_idx, bias, out_features=out_features)
+
+
+def block_sparse_linear_standard(x, values, row_ptr, col_idx, bias=None, out_features: int = 0):
+    """Standard ONNX ops: scatter the blocks into a dense W^T [in, out], then MatMul (+ Add)."""
+    one = op.Constant(value_ints=[1])
+    b = op.Shape(values, start=1, end=2)
+    in_f = op.Shape(x, start=-1)
+    out_f = op.Constant(value_ints=[out_features])
+    row_blocks = op.Div(out_f, b)
+    # row-block of block k = number of row_ptr[1:] entries <= k
+    nnzb = op.Squeeze(op.Shape(col_idx), op.Constant(value_ints=[0]))
+    k = op.Range(op.Constant(value_int=0), nnzb, op.Constant(value_int=1))
+    ends = op.Slice(row_ptr, one, op.Constant(value_ints=[2**62]))
+    passed = op.GreaterOrEqual(op.Unsqueeze(k, one), op.Unsqueeze(ends, op.Constant(value_ints=[0])))
+    rows = op.ReduceSum(op.Cast(passed, to=onnx.TensorProto.INT64), one, keepdims=0)
+    indices = op.Concat(op.Unsqueeze(rows, one), op.Unsqueeze(col_idx, one), axis=1)
+    grid = op.ConstantOfShape(
+        op.Concat(row_blocks, op.Div(in_f, b), b, b, axis=0),
+        value=onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]),
+    )
+    dense = op.ScatterND(grid, indices, values)  # [R, C, i, j]
+    w_t = op.Reshape(op.Transpose(dense, perm=[1, 2, 0, 3]), op.Concat(in_f, out_f, axis=0))
+    y = op.MatMul(x, w_t)
+    return y if bias is None else op.Add(y, bias)
+
+
+def translation_table(standard_ops: bool = False) -> dict[object, Callable]:
+    """custom_translation_table for torch.onnx.export(dynamo=True) covering the mlprune ops."""
+    import torch
+
+    from mlprune_fx.runtime.ops import load_library
+
+    load_library()
+    fn = block_sparse_linear_standard if standard_ops else block_sparse_linear_custom
+    if not standard_ops:
+        register_onnx_schema()
+    return {torch.ops.mlprune.block_sparse_linear.default: fn}

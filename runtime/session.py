@@ -1,0 +1,49 @@
+"""ONNX Runtime sessions that know about mlprune_fx's custom-op library."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ORT_DOMAIN = "ai.mlprune"
+
+
+def model_domains(path: str | os.PathLike) -> set[str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {o.domain for o in model.opset_import}
+
+
+class InferenceSession(ort.InferenceSession):
+    """`onnxruntime.InferenceSession` with the mlprune custom ops registered when needed.
+
+    num_threads sets intra-op threads (ONNX Runtime's default is every core).
+    Calling the session with keyword arrays returns a dict of named outputs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sess_options: ort.SessionOptions | None = None,
+        providers: Sequence[str] | None = None,
+        num_threads: int | None = None,
+        **kwargs,
+    ) -> None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no ONNX model at {path}: write one with mlprune_fx.export_onnx")
+        options = sess_options or ort.SessionOptions()
+        if num_threads is not None:
+            options.intra_op_num_threads = int(num_threads)
+        if ORT_DOMAIN in model_domains(path):
+            from .ort_library import register_library
+
+            register_library(options)
+        super().__init__(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]), **kwargs)
+
+    def __call__(self, **feeds) -> dict[str, np.ndarray]:
+        arrays = {k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in feeds.items()}
+        names = [o.name for o in self.get_outputs()]
+        return dict(zip(names, self.run(names, arrays)))

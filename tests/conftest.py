@@ -1,0 +1,87 @@
+"""Tiny encoders of every supported family, and random masks to prune them with."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+VOCAB = 120
+
+
+def tiny_model(kind: str, attn: str = "sdpa", *, hidden=64, heads=4, inter=128, layers=2, seed=0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, attn_implementation=attn)
+    if kind == "bert":
+        cfg = BertConfig(hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter, num_hidden_layers=layers, **common)
+        return BertForSequenceClassification(cfg)
+    if kind == "bertmodel":
+        cfg = BertConfig(hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter, num_hidden_layers=layers, **common)
+        return BertModel(cfg)
+    if kind == "roberta":
+        cfg = RobertaConfig(hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter, num_hidden_layers=layers, max_position_embeddings=140, **common)
+        return RobertaForSequenceClassification(cfg)
+    if kind == "distilbert":
+        cfg = DistilBertConfig(dim=hidden, n_heads=heads, hidden_dim=inter, n_layers=layers, **common)
+        return DistilBertForSequenceClassification(cfg)
+    if kind == "electra":
+        cfg = ElectraConfig(embedding_size=hidden // 2, hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter, num_hidden_layers=layers, **common)
+        return ElectraForSequenceClassification(cfg)
+    raise ValueError(kind)
+
+
+ARCHITECTURES = [
+    ("bert", "sdpa"), ("bert", "eager"), ("bertmodel", "sdpa"), ("roberta", "sdpa"), ("roberta", "eager"),
+    ("distilbert", "sdpa"), ("distilbert", "eager"), ("electra", "sdpa"),
+]
+
+
+def example_inputs(batch=3, seq=13, seed=1, pad=True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if pad and batch > 1 and seq > 4:
+        mask[0, seq - 3 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def randomize_masks(prepared, seed=0, keep=(0.2, 0.9), all_pruned=()):
+    """Random scores and thresholds; masks whose key contains any of `all_pruned` keep nothing."""
+    from mlprune_fx.state import mask_modules
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, mask in mask_modules(prepared).items():
+            mask.scores.copy_(torch.randn(mask.scores.shape, generator=g))
+            ratio = keep[0] + (keep[1] - keep[0]) * float(torch.rand((), generator=g))
+            mask.threshold.fill_(float(torch.logit(torch.tensor(ratio))))
+            if any(s in key for s in all_pruned):
+                mask.threshold.fill_(-1000.0)
+
+
+def logits_of(out):
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from mlprune_fx.models import load_packaged_model
+
+    return load_packaged_model(num_labels=2)

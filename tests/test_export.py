@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+import mlprune_fx as mp
+
+from conftest import example_inputs, logits_of, randomize_masks, tiny_model
+
+
+def _converted(kind, attn, all_pruned=()):
+    prepared = mp.prepare(tiny_model(kind, attn, layers=2), mp.PruningConfig(), example_inputs())
+    randomize_masks(prepared, seed=11, all_pruned=all_pruned)
+    prepared.eval()
+    return prepared, mp.convert(prepared)
+
+
+@pytest.mark.parametrize(
+    "kind, attn, all_pruned",
+    [("bert", "sdpa", ("layer_0_attention__heads",)), ("distilbert", "eager", ("layer_1_intermediate_dense__rows",)), ("roberta", "sdpa", ())],
+)
+def test_onnx_runtime_equals_torch_with_dynamic_batch_and_sequence(tmp_path, kind, attn, all_pruned):
+    prepared, converted = _converted(kind, attn, all_pruned)
+    path = mp.export_onnx(converted, tmp_path / "model.onnx", example_inputs())
+    session = mp.runtime.InferenceSession(path, num_threads=2)
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    for b, s in [(1, 5), (3, 13), (6, 40)]:
+        inputs = example_inputs(b, s, seed=b + s)
+        got = session(**inputs)["logits"]
+        expected = logits_of(converted(**inputs)).detach().numpy()
+        masked = logits_of(prepared(**inputs)).detach().numpy()
+        assert np.abs(got - expected).max() <= 1e-4
+        assert np.abs(got - masked).max() <= 1e-4
+
+
+def test_bare_encoder_exports_hidden_states(tmp_path):
+    prepared, converted = _converted("bertmodel", "sdpa")
+    path = mp.export_onnx(converted, tmp_path / "encoder.onnx", example_inputs())
+    session = mp.runtime.InferenceSession(path)
+    out = session(**example_inputs())
+    assert "last_hidden_state" in out
+    assert np.abs(out["last_hidden_state"] - converted(**example_inputs()).last_hidden_state.detach().numpy()).max() <= 1e-4
+
+
+def test_export_checks_inputs_and_stage(tmp_path):
+    prepared, converted = _converted("bert", "sdpa")
+    with pytest.raises(mp.ExampleInputsError, match="takes no labels"):
+        mp.export_onnx(converted, tmp_path / "m.onnx", {**example_inputs(), "labels": torch.tensor([0, 1, 0])})
+    with pytest.raises(mp.ExampleInputsError, match="missing"):
+        mp.export_onnx(converted, tmp_path / "m.onnx", {"input_ids": example_inputs()["input_ids"]})
+    with pytest.raises(mp.NotPreparedError):
+        mp.export_onnx(prepared, tmp_path / "m.onnx", example_inputs())
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_failed_export_leaves_an_existing_file_intact(tmp_path, monkeypatch):
+    _, converted = _converted("bert", "sdpa")
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"previous model")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError):
+        mp.export_onnx(converted, target, example_inputs())
+    assert target.read_bytes() == b"previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_missing_onnx_file_gets_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export_onnx"):
+        mp.runtime.InferenceSession(tmp_path / "nothing.onnx")

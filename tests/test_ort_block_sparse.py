@@ -1,0 +1,149 @@
+"""BlockSparseLinear exported to ONNX: custom ai.mlprune op in ONNX Runtime, and the standard-op lowering."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from mlprune_fx.runtime import build, ops, ort_library
+from mlprune_fx.runtime.onnx_translation import ORT_DOMAIN, translation_table
+
+SHAPES = [(2, 5), (3, 17), (1, 1), (4, 64)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_library():
+    try:
+        build.build(quiet=True)
+    except build.BuildError as exc:
+        pytest.fail(f"native libraries could not be built: {exc}")
+    ops.load_library()
+
+
+class TinyEncoderFFN(torch.nn.Module):
+    """Two block-sparse layers (b = 32 with bias, b = 16 without) around a GELU."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        w1, w2 = torch.randn(128, 64, generator=g), torch.randn(64, 128, generator=g)
+        m1 = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]])
+        m2 = (torch.rand(4, 8, generator=g) < 0.4).int()
+        self.fc1 = ops.BlockSparseLinear.from_dense(w1, torch.randn(128, generator=g), m1, 32)
+        self.fc2 = ops.BlockSparseLinear.from_dense(w2, None, m2, 16)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x))) + x
+
+
+def _export(model, standard_ops):
+    x = torch.randn(2, 5, 64)
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")},)
+    program = torch.onnx.export(
+        model, (x,), dynamo=True, dynamic_shapes=dims, custom_translation_table=translation_table(standard_ops), verbose=False
+    )
+    return program.model_proto
+
+
+@pytest.fixture(scope="module")
+def model():
+    return TinyEncoderFFN().eval()
+
+
+@pytest.fixture(scope="module")
+def custom_proto(model):
+    return _export(model, standard_ops=False)
+
+
+@pytest.fixture(scope="module")
+def standard_proto(model):
+    return _export(model, standard_ops=True)
+
+
+def _run(proto, options, shape, threads=2):
+    options.intra_op_num_threads = threads
+    sess = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(*shape, 64)
+    return x, sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_custom_op_graph(custom_proto):
+    kinds = {(n.domain, n.op_type) for n in custom_proto.graph.node}
+    assert (ORT_DOMAIN, "BlockSparseLinear") in kinds
+    assert any(o.domain == ORT_DOMAIN for o in custom_proto.opset_import)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_custom_op_in_ort_matches_torch(model, custom_proto, shape):
+    x, y = _run(custom_proto, ort_library.register_library(ort.SessionOptions()), shape)
+    np.testing.assert_allclose(y, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_custom_op_single_thread(model, custom_proto):
+    x, y = _run(custom_proto, ort_library.register_library(), (3, 40), threads=1)
+    np.testing.assert_allclose(y, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_standard_lowering_uses_only_standard_ops(standard_proto):
+    assert all(n.domain in ("", "ai.onnx") for n in standard_proto.graph.node)
+    assert all(o.domain in ("", "ai.onnx") for o in standard_proto.opset_import)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_standard_lowering_runs_in_plain_ort(model, custom_proto, standard_proto, shape):
+    x, y_std = _run(standard_proto, ort.SessionOptions(), shape)
+    np.testing.assert_allclose(y_std, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    sess = ort.InferenceSession(
+        custom_proto.SerializeToString(), ort_library.register_library(), providers=["CPUExecutionProvider"]
+    )
+    y_custom = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(y_std, y_custom, rtol=1e-4, atol=1e-4)
+
+
+def _raw_model(out_features, row_ptr):
+    b = 16
+    values = np.random.default_rng(0).standard_normal((2, b, b)).astype(np.float32)
+    inits = [
+        helper.make_tensor("values", TensorProto.FLOAT, values.shape, values.ravel()),
+        helper.make_tensor("row_ptr", TensorProto.INT64, [len(row_ptr)], row_ptr),
+        helper.make_tensor("col_idx", TensorProto.INT64, [2], [0, 1]),
+    ]
+    node = helper.make_node(
+        "BlockSparseLinear", ["X", "values", "row_ptr", "col_idx"], ["Y"], domain=ORT_DOMAIN, out_features=out_features
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 32])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(ORT_DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10)
+
+
+def test_raw_node_and_bad_input_error():
+    sess = ort.InferenceSession(
+        _raw_model(32, [0, 1, 2]).SerializeToString(), ort_library.register_library(), providers=["CPUExecutionProvider"]
+    )
+    x = np.ones((3, 32), np.float32)
+    assert sess.run(None, {"X": x})[0].shape == (3, 32)
+    bad = ort.InferenceSession(
+        _raw_model(48, [0, 1, 2]).SerializeToString(), ort_library.register_library(), providers=["CPUExecutionProvider"]
+    )
+    with pytest.raises(Exception, match="BlockSparseLinear: row_ptr has 3 entries"):
+        bad.run(None, {"X": x})
+
+
+def test_missing_library_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(ort_library, "_LIB_PATH", tmp_path / "missing.so")
+    with pytest.raises(ort_library.OrtLibraryMissing, match="python -m mlprune_fx.runtime.build"):
+        ort_library.library_path()
+    with pytest.raises(ort_library.OrtLibraryMissing):
+        ort_library.register_library(ort.SessionOptions())
+
+
+def test_custom_model_passes_onnx_checker(custom_proto):
+    onnx.checker.check_model(custom_proto)
