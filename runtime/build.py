@@ -177,6 +177,8 @@ def _run_parallel(jobs: list[tuple[str, list[str]]], quiet: bool) -> None:
 
 def build(force: bool = False, ort_include: str | None = None, quiet: bool = False) -> BuildResult:
     """Build both libraries into runtime/_build unless they are newer than their sources."""
+    if ort_include or os.environ.get("MLPRUNE_ORT_INCLUDE"):
+        find_ort_include(ort_include, quiet)  # a wrong explicit path is an error even when nothing is rebuilt
     if not force and is_up_to_date():
         _log("libraries up to date (use --force to rebuild)", quiet)
         return BuildResult(TORCH_LIB, ORT_LIB, rebuilt=False)

@@ -10,7 +10,7 @@
 
 #pragma GCC visibility push(hidden)
 
-#define MLP_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma"), optimize("no-ivopts")))
+#define MLP_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define MLP_AVX2 __attribute__((target("avx2,fma")))
 
 namespace mlprune {
@@ -48,6 +48,13 @@ MLP_AVX512 void tile_avx512(const Tile& t) {
     const float* base[G];
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) base[g] = t.x + 4 * g * ldx + t.cols[k] * B;
+    if (k + 1 < t.ke) {  // X rows of the next block: they live in L2 once in_features is large
+      const float* next = t.x + t.cols[k + 1] * B;
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m)
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) _mm_prefetch(reinterpret_cast<const char*>(next + m * ldx + 16 * v), _MM_HINT_T0);
+    }
 #pragma GCC unroll 32
     for (int i = 0; i < B; ++i) {
       __m512 wv[V];

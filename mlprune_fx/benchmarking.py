@@ -1,0 +1,78 @@
+"""Side-by-side timing and a description of the machine, for benchmark printouts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def cpu_description() -> dict[str, str]:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile"]
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "flags": " ".join(f for f in wanted if f in flags) or "n/a",
+    }
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+    import transformers
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    try:
+        gxx = subprocess.run(["g++", "--version"], capture_output=True, text=True, timeout=10).stdout
+        out["g++"] = gxx.splitlines()[0] if gxx else "n/a"
+    except (OSError, subprocess.SubprocessError):
+        out["g++"] = "n/a"
+    return out
+
+
+def machine_header(threads: int) -> str:
+    cpu = cpu_description()
+    ver = versions()
+    return (
+        f"machine: {cpu['cpu']}, {cpu['cores']} cores, flags: {cpu['flags']}; threads used: {threads}\n"
+        + "versions: " + ", ".join(f"{k} {v}" for k, v in ver.items())
+    )
+
+
+def time_side_by_side(fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
+    """Median milliseconds of each callable, measured in interleaved rounds so drift hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
