@@ -185,6 +185,22 @@ def _residual_add(gm, linear: fx.Node, block_input: fx.Node) -> str | None:
     return add.name
 
 
+def _joins_residual(gm, linear: fx.Node, block_input: fx.Node) -> bool:
+    """True when `linear`'s output is added (or index_added, once compacted) to `block_input`."""
+    if _residual_add(gm, linear, block_input):
+        return True
+    node = linear
+    while len(node.users) == 1 and is_dropout(gm, next(iter(node.users))):
+        node = next(iter(node.users))
+    users = list(node.users)
+    return (
+        len(users) == 1
+        and _is(users[0], {aten.index_add.default})
+        and users[0].args[0] is block_input
+        and users[0].args[3] is node
+    )
+
+
 def _common_name(*targets: str) -> str:
     parts = [t.split(".")[:-1] for t in targets]
     prefix = []
@@ -303,8 +319,10 @@ def _find_ffn(gm, sites, used, skipped) -> list[FeedForwardBlock]:
         if node2.name not in sites or node2.name in used:
             continue
         fc2 = sites[node2.name]
-        if fc2.in_features != fc1.out_features or fc2.out_features != fc1.in_features:
-            continue  # an encoder FFN maps the residual width back to itself
+        if fc2.in_features != fc1.out_features:
+            continue
+        if fc2.out_features != fc1.in_features and not _joins_residual(gm, node2, node1.args[0]):
+            continue  # an encoder FFN returns to the residual stream it read from
         if not _zero_preserving(gm, node1, node2, inner):
             skipped[name] = "FFN activation does not map 0 to 0, so rows cannot be removed exactly"
             continue

@@ -89,9 +89,11 @@ def dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, objec
 
 def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
     """torch.export in train mode; returns a GraphModule that trains like `model`."""
-    if isinstance(model, fx.GraphModule) and "mlprune_fx" in model.meta:
+    state = model.meta.get("mlprune_fx") if isinstance(model, fx.GraphModule) else None
+    if state is not None and state.stage != "converted":
         raise CaptureError(
-            "this model was already prepared by mlprune_fx; train it as it is, or convert it first"
+            "this model was already prepared by mlprune_fx; train it as it is, or convert it first "
+            "(a converted model can be prepared again for a further pruning step)"
         )
     inputs = check_example_inputs(model, example_inputs)
     was_training = model.training

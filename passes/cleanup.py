@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import fx
 
-from .graph_utils import finish
+from .graph_utils import finish, remove_dead_nodes
 
 
 def cleanup(gm: fx.GraphModule) -> fx.GraphModule:
-    gm.graph.eliminate_dead_code()
+    remove_dead_nodes(gm)
     used = {n.target for n in gm.graph.nodes if n.op in ("get_attr", "call_module")}
     for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
         if name in used:

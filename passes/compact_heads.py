@@ -7,7 +7,7 @@ from torch import fx
 
 from ..masking import broadcast_bias
 from ..state import pruning_state
-from .graph_utils import finish, get_tensor, kept_indices, nodes_by_name, set_tensor
+from .graph_utils import finish, get_tensor, kept_indices, nodes_by_name, remove_dead_nodes, set_tensor
 from .structures import AttentionBlock
 
 
@@ -57,5 +57,5 @@ def compact_heads(gm: fx.GraphModule) -> fx.GraphModule:
             o_node.replace_all_uses_with(new)
             gm.graph.erase_node(o_node)
             state.renamed[block.o.node] = new.name
-    gm.graph.eliminate_dead_code()
+    remove_dead_nodes(gm)
     return finish(gm)

@@ -7,7 +7,7 @@ from torch import fx
 
 from ..masking import broadcast_bias
 from ..state import LinearMasks, PruningState, pruning_state
-from .graph_utils import add_index_buffer, finish, get_tensor, kept_indices, nodes_by_name, set_tensor
+from .graph_utils import add_index_buffer, finish, get_tensor, kept_indices, nodes_by_name, remove_dead_nodes, set_tensor
 from .structures import LinearSite
 
 _aten = torch.ops.aten
@@ -105,5 +105,5 @@ def compact_rows(gm: fx.GraphModule) -> fx.GraphModule:
         lm = state.masks_of(block.fc2.weight)
         if lm is not None:
             _compact_output_rows(gm, state, nodes, lm, block.fc2_residual)
-    gm.graph.eliminate_dead_code()
+    remove_dead_nodes(gm)
     return finish(gm)

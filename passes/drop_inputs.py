@@ -6,7 +6,7 @@ from torch import fx
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils._pytree import TreeSpec
 
-from .graph_utils import finish
+from .graph_utils import finish, remove_dead_nodes
 
 
 def drop_inputs(gm: fx.GraphModule, names: tuple[str, ...] = ("labels",)) -> fx.GraphModule:
@@ -57,7 +57,7 @@ def drop_inputs(gm: fx.GraphModule, names: tuple[str, ...] = ("labels",)) -> fx.
     kw_keep = [(k, c) for k, c in zip(kwargs_spec.context, kwargs_spec.children()) if k not in names]
     new_kwargs = TreeSpec(dict, [k for k, _ in kw_keep], [c for _, c in kw_keep])
     new_in = TreeSpec(in_spec.type, in_spec.context, [args_spec, new_kwargs])
-    gm.graph.eliminate_dead_code()
+    remove_dead_nodes(gm)
     for node in drop:
         gm.graph.erase_node(node)
     codegen.pytree_info = _PyTreeInfo([a for a in info.orig_args if a not in names], new_in, new_out)

@@ -8,18 +8,38 @@ from torch import fx
 from ..masking import expand_units, masked_bias, masked_weight
 from ..state import MASK_CONTAINER, mask_modules, pruning_state
 from ..report import _effective
-from .graph_utils import finish, get_tensor, nodes_by_name, set_tensor
+from .graph_utils import finish, get_tensor, nodes_by_name, remove_dead_nodes, set_tensor
 
 
-def freeze_masks(gm: fx.GraphModule) -> fx.GraphModule:
+def _round_up_rows(mask: torch.Tensor, scores: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Keep the next best-scored rows until the kept count is a multiple of `multiple`."""
+    n = mask.numel()
+    k = int(mask.sum())
+    want = min(n, -(-k // multiple) * multiple)
+    if want == k:
+        return mask
+    order = torch.argsort(scores.detach().reshape(-1) - 1e9 * mask.reshape(-1), descending=True)
+    rounded = torch.zeros_like(mask).reshape(-1)
+    rounded[order[:want]] = 1.0
+    return rounded.view_as(mask)
+
+
+def freeze_masks(gm: fx.GraphModule, row_multiple: int = 1) -> fx.GraphModule:
     """Bake the current hard masks into W and b and drop every mask from the graph.
 
     The binary masks are kept in the pruning state: the compaction passes read
-    them to know which heads, rows and blocks are gone.
+    them to know which heads, rows and blocks are gone. `row_multiple` rounds the
+    kept count of every row mask up (best scores first), so that a block step
+    that follows finds matrices whose sides its block size divides.
     """
     state = pruning_state(gm, "prepared")
     with torch.no_grad():
-        masks = {k: m().detach().clone() for k, m in mask_modules(gm).items()}
+        modules = mask_modules(gm)
+        masks = {k: m().detach().clone() for k, m in modules.items()}
+        if row_multiple > 1:
+            for key, module in modules.items():
+                if module.granularity == "row":
+                    masks[key] = _round_up_rows(masks[key], module.scores, row_multiple)
         for lm in state.linears:
             eff = _effective(lm, masks, state.config.block_size)
             w = get_tensor(gm, lm.site.weight)
@@ -39,7 +59,7 @@ def freeze_masks(gm: fx.GraphModule) -> fx.GraphModule:
             if i < len(args):
                 args[i] = arg
         linear.args = tuple(args)
-    gm.graph.eliminate_dead_code()
+    remove_dead_nodes(gm)
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target.startswith(MASK_CONTAINER + ".") and not node.users:
             gm.graph.erase_node(node)

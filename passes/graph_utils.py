@@ -37,6 +37,24 @@ def add_index_buffer(gm: fx.GraphModule, name: str, index: torch.Tensor, before:
         return gm.graph.get_attr(name)
 
 
+def _has_side_effect(node: fx.Node) -> bool:
+    """Only real side effects keep a node alive; random ops like dropout-in-SDPA do not."""
+    if node.op in ("placeholder", "output"):
+        return True
+    if node.op == "call_module":
+        return node.target == "_guards_fn"
+    if node.op == "call_function":
+        schema = getattr(node.target, "_schema", None)
+        if schema is not None and schema.is_mutable:
+            return True
+        return "assert" in getattr(node.target, "__name__", str(node.target))
+    return False
+
+
+def remove_dead_nodes(gm: fx.GraphModule) -> None:
+    gm.graph.eliminate_dead_code(is_impure_node=_has_side_effect)
+
+
 def finish(gm: fx.GraphModule) -> fx.GraphModule:
     gm.graph.lint()
     gm.recompile()
