@@ -1,9 +1,10 @@
-"""convert: freeze -> compact_heads -> compact_rows -> cleanup."""
+"""convert: freeze -> compact_heads -> compact_rows -> lower_blocks -> cleanup."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import warnings
 
 from torch import fx
 
@@ -12,25 +13,50 @@ from .passes.compact_heads import compact_heads
 from .passes.compact_rows import compact_rows
 from .passes.drop_inputs import drop_inputs
 from .passes.freeze_masks import freeze_masks
+from .passes.lower_blocks import DEFAULT_MAX_DENSITY, lower_blocks
 from .state import pruning_state
 
 
+def _lowering(gm: fx.GraphModule, wanted: bool | None, max_density: float) -> fx.GraphModule:
+    from .runtime.ops import NativeLibraryMissing
+
+    try:
+        return lower_blocks(gm, max_density)
+    except NativeLibraryMissing as exc:
+        if wanted:
+            raise
+        warnings.warn(f"block-sparse matrices stay dense: {exc}", stacklevel=3)
+        return gm
+
+
 def convert(
-    prepared: fx.GraphModule, inference: bool = True, inplace: bool = False, row_multiple: int = 1
+    prepared: fx.GraphModule,
+    inference: bool = True,
+    inplace: bool = False,
+    row_multiple: int = 1,
+    lower_blocks: bool | None = None,
+    max_block_density: float = DEFAULT_MAX_DENSITY,
 ) -> fx.GraphModule:
     """A smaller eval-mode GraphModule: pruned heads and rows are physically gone.
 
     inference: drop `labels` from the inputs and `loss` from the outputs, so the
     result takes what a deployed model takes. `prepared` is left as it was
     unless `inplace`. row_multiple: round kept rows up to this multiple (the block
-    size of a block-pruning step that follows).
+    size of a block-pruning step that follows). lower_blocks: run block-masked
+    linears whose kept-block density is below `max_block_density` on the native
+    block-sparse kernel (default: when `inference` and the kernel is built; with
+    True a missing kernel is an error).
     """
-    pruning_state(prepared, "prepared")
+    state = pruning_state(prepared, "prepared")
     gm = prepared if inplace else copy.deepcopy(prepared)
     gm.eval()
-    steps = [functools.partial(freeze_masks, row_multiple=row_multiple), compact_heads, compact_rows, cleanup]
+    steps = [functools.partial(freeze_masks, row_multiple=row_multiple), compact_heads, compact_rows]
     if inference:
         steps.insert(0, drop_inputs)
+    has_blocks = any(lm.blocks is not None for lm in state.linears)
+    if has_blocks and (lower_blocks or (lower_blocks is None and inference)):
+        steps.append(functools.partial(_lowering, wanted=lower_blocks, max_density=max_block_density))
+    steps.append(cleanup)
     for step in steps:
         gm = step(gm)
     pruning_state(gm).stage = "converted"

@@ -46,6 +46,7 @@ class PruningState:
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
     last_penalty: dict[str, float] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)  # linear node -> node that replaced it
+    lowered: dict[str, float] = field(default_factory=dict)  # weight -> kept-block density, run block-sparse
 
     def masks_of(self, weight: str) -> LinearMasks | None:
         return next((lm for lm in self.linears if lm.site.weight == weight), None)
