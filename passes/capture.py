@@ -115,9 +115,11 @@ def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
         gm.__dict__.pop(name, None)
     gm = make_dropout_switchable(gm)
     gm.train(was_training)
+    config = getattr(model, "config", None)
     gm.meta["mlprune_fx.source"] = {
         "model_class": type(model).__name__,
-        "input_names": list(inputs),
-        "config": model.config.to_dict() if hasattr(model, "config") and hasattr(model.config, "to_dict") else None,
+        "inputs": {k: {"dtype": str(v.dtype).removeprefix("torch."), "dim": v.dim()} for k, v in inputs.items()},
+        "config": config.to_dict() if hasattr(config, "to_dict") else None,
+        "attn_implementation": getattr(config, "_attn_implementation", None),
     }
     return gm

@@ -78,3 +78,17 @@ def is_dropout(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
         return isinstance(gm.get_submodule(node.target), nn.Dropout)
     return node.op == "call_function" and node.target is _aten.dropout.default
+
+
+def remove_dropout(gm: fx.GraphModule) -> fx.GraphModule:
+    """An inference graph needs no dropout: route around every dropout call."""
+    for node in list(gm.graph.nodes):
+        if is_dropout(gm, node):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+        elif node.op == "call_module" and isinstance(gm.get_submodule(node.target), DropoutRate):
+            node.replace_all_uses_with(0.0)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

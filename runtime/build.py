@@ -1,6 +1,10 @@
 """Build the native block-sparse kernel: the PyTorch op library and the ONNX Runtime custom-op library.
 
-Usage: python -m mlprune_fx.runtime.build [--ort-include DIR] [--force]
+Usage: python -m mlprune_fx.runtime.build [--ort-include DIR] [--force] [--sanitize]
+
+--sanitize builds AddressSanitizer + UndefinedBehaviorSanitizer variants into runtime/_build/sanitize/ instead
+(the normal libraries are left alone). To use them, point MLPRUNE_NATIVE_DIR at that folder and start Python with
+LD_PRELOAD=$(g++ -print-file-name=libasan.so); `make sanitize` (tests/sanitize/run.py) does all of it.
 
 ONNX Runtime C/C++ headers (API version >= 29) are looked up in: --ort-include, $MLPRUNE_ORT_INCLUDE,
 the cache (~/.cache/mlprune_fx/onnxruntime-headers), and as a last resort fetched with npm from the
@@ -26,6 +30,7 @@ CSRC = HERE / "csrc"
 BUILD_DIR = HERE / "_build"
 TORCH_LIB = BUILD_DIR / "libmlprune_torch.so"
 ORT_LIB = BUILD_DIR / "libmlprune_ort.so"
+SANITIZE_DIR = BUILD_DIR / "sanitize"
 
 NPM_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"
 HEADERS_IN_TARBALL = re.compile(
@@ -34,6 +39,8 @@ HEADERS_IN_TARBALL = re.compile(
 REQUIRED_HEADERS = ("onnxruntime_c_api.h", "onnxruntime_cxx_api.h", "onnxruntime_cxx_inline.h")
 MIN_ORT_API = 29
 CXXFLAGS = ["-O3", "-std=c++17", "-fPIC", "-Wall", "-Wno-unused-function"]
+# -O1 -g keeps reports readable; halting on the first UB report makes any finding fail the run.
+SANITIZE_FLAGS = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
 
 MANUAL_HINT = (
     "Supply the ONNX Runtime C/C++ headers yourself: unpack an ONNX Runtime release archive (1.24 or "
@@ -154,11 +161,17 @@ def _sources() -> list[Path]:
     return sorted(CSRC.glob("*.cpp")) + sorted(CSRC.glob("*.h")) + [Path(__file__).resolve()]
 
 
-def is_up_to_date() -> bool:
-    if not (TORCH_LIB.is_file() and ORT_LIB.is_file()):
+def output_dir(sanitize: bool = False) -> Path:
+    return SANITIZE_DIR if sanitize else BUILD_DIR
+
+
+def is_up_to_date(sanitize: bool = False) -> bool:
+    out = output_dir(sanitize)
+    libs = (out / TORCH_LIB.name, out / ORT_LIB.name)
+    if not all(lib.is_file() for lib in libs):
         return False
     newest_source = max(p.stat().st_mtime for p in _sources())
-    return min(TORCH_LIB.stat().st_mtime, ORT_LIB.stat().st_mtime) > newest_source
+    return min(lib.stat().st_mtime for lib in libs) > newest_source
 
 
 def _run_parallel(jobs: list[tuple[str, list[str]]], quiet: bool) -> None:
@@ -175,21 +188,26 @@ def _run_parallel(jobs: list[tuple[str, list[str]]], quiet: bool) -> None:
         raise BuildError("\n\n".join(failures))
 
 
-def build(force: bool = False, ort_include: str | None = None, quiet: bool = False) -> BuildResult:
-    """Build both libraries into runtime/_build unless they are newer than their sources."""
+def build(force: bool = False, ort_include: str | None = None, quiet: bool = False, sanitize: bool = False) -> BuildResult:
+    """Build both libraries into runtime/_build (runtime/_build/sanitize with sanitize=True) unless they are
+    newer than their sources."""
     if ort_include or os.environ.get("MLPRUNE_ORT_INCLUDE"):
         find_ort_include(ort_include, quiet)  # a wrong explicit path is an error even when nothing is rebuilt
-    if not force and is_up_to_date():
-        _log("libraries up to date (use --force to rebuild)", quiet)
-        return BuildResult(TORCH_LIB, ORT_LIB, rebuilt=False)
+    out = output_dir(sanitize)
+    torch_lib, ort_lib = out / TORCH_LIB.name, out / ORT_LIB.name
+    if not force and is_up_to_date(sanitize):
+        _log(f"libraries in {out} up to date (use --force to rebuild)", quiet)
+        return BuildResult(torch_lib, ort_lib, rebuilt=False)
     start = time.perf_counter()
     cxx = _compiler()
     include = find_ort_include(ort_include, quiet)
     _log(f"ONNX Runtime headers: {include} (API {_api_version(include)})", quiet)
     torch_cflags, torch_ldflags = _torch_flags()
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    obj = {name: BUILD_DIR / f"{name}.o" for name in ("block_sparse_linear", "torch_op", "ort_op")}
-    common = [cxx, *CXXFLAGS, f"-I{CSRC}", "-c"]
+    out.mkdir(parents=True, exist_ok=True)
+    obj = {name: out / f"{name}.o" for name in ("block_sparse_linear", "torch_op", "ort_op")}
+    flags = [*CXXFLAGS, *SANITIZE_FLAGS] if sanitize else CXXFLAGS  # later -O wins
+    link_flags = SANITIZE_FLAGS if sanitize else []
+    common = [cxx, *flags, f"-I{CSRC}", "-c"]
     _run_parallel(
         [
             ("compiling torch op", [*common, *torch_cflags, str(CSRC / "torch_op.cpp"), "-o", str(obj["torch_op"])]),
@@ -198,28 +216,32 @@ def build(force: bool = False, ort_include: str | None = None, quiet: bool = Fal
         ],
         quiet,
     )
-    tmp_torch, tmp_ort = TORCH_LIB.with_suffix(".so.tmp"), ORT_LIB.with_suffix(".so.tmp")
+    tmp_torch, tmp_ort = torch_lib.with_suffix(".so.tmp"), ort_lib.with_suffix(".so.tmp")
     _run_parallel(
         [
-            ("linking torch library", [cxx, "-shared", str(obj["torch_op"]), str(obj["block_sparse_linear"]), "-o", str(tmp_torch), *torch_ldflags]),
-            ("linking ORT library", [cxx, "-shared", str(obj["ort_op"]), str(obj["block_sparse_linear"]), "-o", str(tmp_ort)]),
+            ("linking torch library", [cxx, "-shared", *link_flags, str(obj["torch_op"]), str(obj["block_sparse_linear"]), "-o", str(tmp_torch), *torch_ldflags]),
+            ("linking ORT library", [cxx, "-shared", *link_flags, str(obj["ort_op"]), str(obj["block_sparse_linear"]), "-o", str(tmp_ort)]),
         ],
         quiet,
     )
-    os.replace(tmp_torch, TORCH_LIB)
-    os.replace(tmp_ort, ORT_LIB)
-    _log(f"built {TORCH_LIB.name} and {ORT_LIB.name} in {BUILD_DIR} ({time.perf_counter() - start:.0f} s)", quiet)
-    return BuildResult(TORCH_LIB, ORT_LIB, rebuilt=True)
+    os.replace(tmp_torch, torch_lib)
+    os.replace(tmp_ort, ort_lib)
+    kind = "sanitized (ASan + UBSan) " if sanitize else ""
+    _log(f"built {kind}{torch_lib.name} and {ort_lib.name} in {out} ({time.perf_counter() - start:.0f} s)", quiet)
+    return BuildResult(torch_lib, ort_lib, rebuilt=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlprune_fx.runtime.build", description=__doc__.splitlines()[0])
     parser.add_argument("--ort-include", help="directory with onnxruntime_c_api.h / onnxruntime_cxx_api.h (ORT API >= 29)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the libraries are up to date")
+    parser.add_argument(
+        "--sanitize", action="store_true", help=f"build ASan + UBSan variants into {SANITIZE_DIR.relative_to(HERE.parent)}/"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
-        build(force=args.force, ort_include=args.ort_include, quiet=args.quiet)
+        build(force=args.force, ort_include=args.ort_include, quiet=args.quiet, sanitize=args.sanitize)
     except BuildError as exc:
         print(f"[mlprune build] error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ because the native microkernel streams a block row over output features (see run
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 
 SUPPORTED_BLOCK_SIZES = (16, 32)
 BUILD_COMMAND = "python -m mlprune_fx.runtime.build"
-_LIB_PATH = Path(__file__).resolve().parent / "_build" / "libmlprune_torch.so"
+# MLPRUNE_NATIVE_DIR picks another build of the libraries, e.g. the sanitized one (runtime/_build/sanitize).
+_LIB_PATH = Path(os.environ.get("MLPRUNE_NATIVE_DIR") or Path(__file__).resolve().parent / "_build") / "libmlprune_torch.so"
 _lock = threading.Lock()
 _loaded = False
 

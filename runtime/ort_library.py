@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BUILD_COMMAND = "python -m mlprune_fx.runtime.build"
-_LIB_PATH = Path(__file__).resolve().parent / "_build" / "libmlprune_ort.so"
+# MLPRUNE_NATIVE_DIR picks another build of the libraries, e.g. the sanitized one (runtime/_build/sanitize).
+_LIB_PATH = Path(os.environ.get("MLPRUNE_NATIVE_DIR") or Path(__file__).resolve().parent / "_build") / "libmlprune_ort.so"
 
 
 class OrtLibraryMissing(FileNotFoundError):

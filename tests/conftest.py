@@ -85,3 +85,15 @@ def minilm():
     from mlprune_fx.models import load_packaged_model
 
     return load_packaged_model(num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def native_library():
+    """Build (if stale) and load the native kernels; a failed build fails the tests that need them."""
+    from mlprune_fx.runtime import build, ops
+
+    try:
+        build.build(quiet=True)
+    except build.BuildError as exc:
+        pytest.fail(f"native libraries could not be built: {exc}")
+    ops.load_library()

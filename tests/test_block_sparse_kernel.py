@@ -6,16 +6,10 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlprune_fx.runtime import build, ops
+from mlprune_fx.runtime import ops
 
 
-@pytest.fixture(scope="session", autouse=True)
-def native_library():
-    try:
-        build.build(quiet=True)
-    except build.BuildError as exc:
-        pytest.fail(f"native kernel could not be built: {exc}")
-    ops.load_library()
+pytestmark = pytest.mark.usefixtures("native_library")
 
 
 @pytest.fixture(params=["avx512", "avx2", "scalar"])

@@ -27,7 +27,7 @@ def test_rho_is_mlprunings_formula_with_real_matrix_sizes():
     # "output_dense__rows" also matches O's key; set O again after
     _set(prepared, {"attention_output_dense__rows": o})
     expected = (3 * a + a * o + 2 * f1 + 2 * f1 * f2) / 8
-    assert float(soft_remaining(prepared)) == pytest.approx(expected, rel=1e-5)
+    assert float(soft_remaining(prepared).detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_keep_ratios_are_floored_at_one_over_n():
@@ -35,7 +35,7 @@ def test_keep_ratios_are_floored_at_one_over_n():
     _set(prepared, {"__heads": 1e-30})
     # 4 heads: a = 1/4 floor; Q, K, V scale by a, O columns by a: every matrix at 1/4 (FFN not masked)
     expected = (4 * 0.25 + 4) / 8
-    assert float(soft_remaining(prepared)) == pytest.approx(expected, rel=1e-5)
+    assert float(soft_remaining(prepared).detach()) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("ratio, target", [(0.9, 0.5), (0.52, 0.5), (0.4, 0.5), (0.95, 0.2)])

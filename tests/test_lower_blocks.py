@@ -9,7 +9,8 @@ from mlprune_fx.state import mask_modules, pruning_state
 
 from conftest import example_inputs, logits_of, randomize_masks, tiny_model
 
-BLOCK_OP = torch.ops.mlprune.block_sparse_linear.default if hasattr(torch.ops.mlprune, "block_sparse_linear") else None
+pytestmark = pytest.mark.usefixtures("native_library")
+
 
 
 def _prepared(granularity, seed=0, keep=(0.2, 0.45), block=16, **sizes):

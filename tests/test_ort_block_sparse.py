@@ -7,19 +7,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from mlprune_fx.runtime import build, ops, ort_library
+from mlprune_fx.runtime import ops, ort_library
 from mlprune_fx.runtime.onnx_translation import ORT_DOMAIN, translation_table
 
 SHAPES = [(2, 5), (3, 17), (1, 1), (4, 64)]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def native_library():
-    try:
-        build.build(quiet=True)
-    except build.BuildError as exc:
-        pytest.fail(f"native libraries could not be built: {exc}")
-    ops.load_library()
+pytestmark = pytest.mark.usefixtures("native_library")
 
 
 class TinyEncoderFFN(torch.nn.Module):
