@@ -119,6 +119,48 @@ def _export_graph(gm: fx.GraphModule, spec: dict[str, dict[str, Any]]):
     return artifact.exported_program, tensors
 
 
+_IMPORTABLE = ("transformers.", "mlprune_fx.")
+
+
+def _pytree_modules(gm: fx.GraphModule) -> list[str]:
+    """Modules that define the model's input/output container types (e.g. HF's ModelOutput classes)."""
+    from torch.fx.graph import _PyTreeCodeGen
+
+    codegen = gm.graph._codegen
+    if not isinstance(codegen, _PyTreeCodeGen):
+        return []
+    found: set[str] = set()
+
+    def walk(spec) -> None:
+        if spec is None or spec.is_leaf():
+            return
+        module = getattr(spec.type, "__module__", "builtins")
+        if module not in ("builtins", "collections"):
+            found.add(module)
+        for child in spec.children():
+            walk(child)
+
+    walk(codegen.pytree_info.in_spec)
+    walk(codegen.pytree_info.out_spec)
+    return sorted(found)
+
+
+def _import_pytree_modules(modules: list[str]) -> None:
+    """Import the modules that register the output types; only from packages mlprune_fx trusts."""
+    import importlib
+
+    for module in modules:
+        if not module.startswith(_IMPORTABLE):
+            raise CheckpointError(
+                f"the model's inputs or outputs use a type from {module!r}; import that module yourself "
+                "before mlprune_fx.load (only transformers and mlprune_fx types are imported automatically)"
+            )
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CheckpointError(f"the model's output type lives in {module!r}, which cannot be imported: {exc}") from exc
+
+
 def _write_atomically(directory: Path, write) -> None:
     """Write into a fresh sibling folder, then swap it in: a failure leaves `directory` as it was."""
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +193,7 @@ def save(model: fx.GraphModule, directory: str | os.PathLike) -> Path:
         "state": _state_to_json(state),
         "source": model.meta.get("mlprune_fx.source", {}),
         "inputs": _input_spec(model),
+        "pytree_modules": _pytree_modules(model),
     }
     frozen = {k: v.detach().cpu().contiguous() for k, v in state.frozen.items()}
     if state.stage == "prepared":
@@ -279,6 +322,7 @@ def _load_converted(directory: Path, manifest, state: PruningState, tensors) -> 
     graph_path = directory / "graph.json"
     if not graph_path.exists():
         raise CheckpointError(f"{graph_path} is missing: the checkpoint is incomplete; save the model again")
+    _import_pytree_modules(manifest.get("pytree_modules", []))
     if state.lowered:
         from .runtime.ops import load_library
 

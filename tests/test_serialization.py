@@ -83,6 +83,30 @@ def test_converted_model_reloads_without_its_class(tmp_path):
     assert "reloaded ok" in result.stdout, result.stderr[-3000:]
 
 
+def test_hf_converted_model_reloads_in_a_fresh_process(tmp_path, prepared):
+    converted = mp.convert(prepared)
+    mp.save(converted, tmp_path / "hf")
+    probe = example_inputs(2, 9, seed=4)
+    save_file({**probe, "expected": converted(**probe).logits.detach()}, str(tmp_path / "probe.safetensors"))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from safetensors.torch import load_file
+        import mlprune_fx as mp
+        assert "transformers.modeling_outputs" not in sys.modules
+        model = mp.load({str(tmp_path / "hf")!r})
+        probe = load_file({str(tmp_path / "probe.safetensors")!r})
+        expected = probe.pop("expected")
+        out = model(**probe)
+        assert type(out).__name__ == "SequenceClassifierOutput"
+        assert (out.logits - expected).abs().max() <= 1e-6
+        print("reloaded ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "reloaded ok" in result.stdout, result.stderr[-3000:]
+
+
 def test_prepared_model_without_hf_class_cannot_be_saved_whole(tmp_path):
     p = mp.prepare(TinyEncoder(), mp.PruningConfig(), {"input_ids": torch.randint(0, 50, (2, 5))})
     with pytest.raises(mp.CheckpointError, match="cannot be rebuilt without its code"):

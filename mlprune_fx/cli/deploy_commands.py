@@ -1,0 +1,127 @@
+"""mlprune convert / export / evaluate / bench: from a pruned model to measured deployment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .. import convert, export_onnx, load, prepare, PruningConfig, save, sparsity_report
+from ..benchmarking import machine_header, time_side_by_side
+from ..errors import MLPruneError
+from ..runtime import InferenceSession
+from ..training import accuracy
+from .inputs import check_device, data_spec, encoded, eval_batches, load_hf, load_splits
+from .run_dir import CLIError, RunDir
+
+
+def _load(path: Path):
+    try:
+        return load(path)
+    except MLPruneError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _example(run: RunDir, batch: int = 2, seq: int = 16) -> dict[str, torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run.need(run.tokenizer, "prune"))
+    enc = tokenizer(["an example sentence"] * batch, padding="max_length", max_length=seq, truncation=True, return_tensors="pt")
+    return dict(enc)
+
+
+def convert_command(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.run))
+    source = Path(args.input) if args.input else run.need(run.prepared, "prune")
+    prepared = _load(source)
+    converted = convert(prepared, lower_blocks=None if args.lower_blocks is None else args.lower_blocks, max_block_density=args.max_block_density)
+    out = Path(args.output) if args.output else run.converted
+    save(converted, out)
+    report = sparsity_report(converted)
+    lowered = converted.meta["mlprune_fx"].lowered
+    run.write("convert", {"remaining": report.remaining, "lowered": lowered, "parameters": sum(p.numel() for p in converted.parameters())})
+    print(f"converted: {report.remaining:.1%} of the encoder weights remain, {len(lowered)} matrices block-sparse; saved to {out}")
+
+
+def _model_inputs(gm, example: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from ..export import input_names
+
+    names = input_names(gm)
+    missing = [n for n in names if n not in example]
+    if missing:
+        raise CLIError(f"the tokenizer gives {sorted(example)}, but the model takes {names}")
+    return {n: example[n] for n in names}
+
+
+def export_command(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.run))
+    source = Path(args.input) if args.input else run.need(run.converted, "convert")
+    converted = _load(source)
+    example = _model_inputs(converted, _example(run))
+    out = Path(args.output) if args.output else run.onnx
+    export_onnx(converted, out, example, standard_ops=args.standard_ops)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    if run.dense.exists() and not args.output:
+        model, _ = load_hf(run.dense)
+        dense = convert(prepare(model, PruningConfig(), example))
+        export_onnx(dense, run.dense_onnx, example)
+        print(f"wrote {run.dense_onnx} (the dense model, for comparisons)")
+
+
+def _onnx_accuracy(path: Path, batches_: list[dict], threads: int) -> float:
+    session = InferenceSession(path, num_threads=threads)
+    names = {i.name for i in session.get_inputs()}
+    return accuracy(lambda **x: torch.from_numpy(session(**{k: v for k, v in x.items() if k in names})[next(iter(o.name for o in session.get_outputs()))]), batches_)
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.run))
+    device = check_device(args.device)
+    spec = data_spec(args, run)
+    splits = load_splits(spec)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run.tokenizer if run.tokenizer.exists() else run.need(run.dense, "finetune"))
+    enc = encoded(splits, tokenizer, spec)
+    split = enc[args.split]
+    results: dict[str, float] = {}
+    if run.dense.exists():
+        model, _ = load_hf(run.dense, device=device)
+        results["dense"] = accuracy(model.eval(), eval_batches(split, device=device))
+    if run.converted.exists():
+        converted = _load(run.converted)
+        names = set(__import__("mlprune_fx.export", fromlist=["input_names"]).input_names(converted))
+        cpu_batches = [{k: v for k, v in b.items() if k in names | {"labels"}} for b in eval_batches(split)]
+        results["pruned"] = accuracy(converted, cpu_batches)
+    if run.onnx.exists():
+        results["pruned_onnx"] = _onnx_accuracy(run.onnx, eval_batches(split), args.threads)
+    if not results:
+        raise CLIError(f"nothing to evaluate in {run.root}: run finetune, prune, convert or export first")
+    run.write("evaluate", {"split": args.split, "accuracy": results, "examples": len(getattr(splits, args.split))})
+    for name, acc in results.items():
+        print(f"{name:>12}: {acc:.2%} on {len(getattr(splits, args.split))} {args.split} examples")
+
+
+def bench_command(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.run))
+    paths = {"dense": run.dense_onnx, "pruned": run.onnx}
+    paths = {k: p for k, p in paths.items() if p.exists()}
+    if "pruned" not in paths:
+        raise CLIError(f"{run.onnx} does not exist: run `mlprune export --run {run.root}` first")
+    sessions = {k: InferenceSession(p, num_threads=args.threads) for k, p in paths.items()}
+    ids = torch.randint(1000, 20000, (args.batch, args.seq))
+    feeds_all = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy(), "token_type_ids": torch.zeros_like(ids).numpy()}
+    calls = {}
+    for name, s in sessions.items():
+        feeds = {i.name: feeds_all[i.name] for i in s.get_inputs()}
+        calls[name] = lambda s=s, f=feeds: s.run(None, f)
+    ms = time_side_by_side(calls, repeats=args.repeats)
+    header = machine_header(args.threads)
+    print(header)
+    for name, value in ms.items():
+        print(f"{name:>7}: {value:.2f} ms (batch {args.batch}, sequence {args.seq})")
+    if "dense" in ms:
+        print(f"speed-up: {ms['dense'] / ms['pruned']:.2f}x")
+    run.write("bench", {"ms": ms, "batch": args.batch, "seq": args.seq, "threads": args.threads, "machine": header,
+                        "sizes_mib": {k: p.stat().st_size / 2**20 for k, p in paths.items()}})

@@ -1,0 +1,112 @@
+"""mlprune finetune / prune: the training steps."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+from .. import PruningConfig, prepare, save, sparsity_report
+from ..errors import MLPruneError
+from ..training import accuracy, train
+from .inputs import batch_source, check_device, data_spec, encoded, eval_batches, load_hf, load_splits, save_spec
+from .run_dir import CLIError, RunDir
+
+
+def _log_dict(log) -> dict:
+    return {k: v for k, v in dataclasses.asdict(log).items()}
+
+
+def finetune(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.run))
+    device = check_device(args.device)
+    spec = data_spec(args, run)
+    splits = load_splits(spec)
+    model, tokenizer = load_hf(args.model, num_labels=len(splits.label_names), device=device)
+    enc = encoded(splits, tokenizer, spec)
+    print(f"fine-tuning {args.model or 'the packaged MiniLM'} on {spec.source}: {len(splits.train)} train examples, {args.steps} steps")
+    log = train(model, batch_source(enc["train"], args.batch_size, spec.seed, device), args.steps, lr=args.lr, progress=not args.quiet, desc="fine-tune")
+    result = {
+        "model": args.model or "packaged all-MiniLM-L6-v2",
+        "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+        "dev_accuracy": accuracy(model, eval_batches(enc["dev"], device=device)),
+        "test_accuracy": accuracy(model, eval_batches(enc["test"], device=device)),
+        "log": {"steps": log.steps, "loss": log.loss},
+    }
+    model.save_pretrained(run.dense)
+    tokenizer.save_pretrained(run.dense)
+    tokenizer.save_pretrained(run.tokenizer)
+    save_spec(run, spec, splits)
+    run.write("finetune", result)
+    print(f"dense model in {run.dense}: dev accuracy {result['dev_accuracy']:.2%}, test accuracy {result['test_accuracy']:.2%}")
+
+
+def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
+    """PruningConfig from --config (JSON) with flags on top; the rest of the file are training settings."""
+    settings: dict = {}
+    if args.config:
+        try:
+            settings = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CLIError(f"--config {args.config}: {exc}") from exc
+        if not isinstance(settings, dict):
+            raise CLIError(f"--config {args.config} must hold a JSON object")
+    fields = {f.name for f in dataclasses.fields(PruningConfig)}
+    cfg = {k: v for k, v in settings.items() if k in fields}
+    rest = {k: v for k, v in settings.items() if k not in fields}
+    for key, flag in (("target", args.target), ("block_size", args.block_size)):
+        if flag is not None:
+            cfg[key] = flag
+    if args.granularity:
+        cfg["granularity"] = tuple(args.granularity)
+    try:
+        return PruningConfig(**cfg), rest
+    except (MLPruneError, TypeError) as exc:
+        raise CLIError(f"bad pruning config: {exc}") from exc
+
+
+def prune(args: argparse.Namespace) -> None:
+    run = RunDir(Path(args.run))
+    device = check_device(args.device)
+    spec = data_spec(args, run)
+    splits = load_splits(spec)
+    source = args.model or (run.dense if run.dense.exists() else None)
+    if source is None:
+        print("note: no fine-tuned dense model in the run (mlprune finetune); pruning the packaged MiniLM with an untrained head")
+    model, tokenizer = load_hf(source, num_labels=len(splits.label_names), device=device)
+    enc = encoded(splits, tokenizer, spec)
+    data = batch_source(enc["train"], args.batch_size, spec.seed, device)
+    example = next(iter(data(0)))
+    cfg, settings = _pruning_config(args)
+    steps = int(settings.get("steps", args.steps))
+    teacher = copy.deepcopy(model).eval() if args.distill else None
+    tokenizer.save_pretrained(run.tokenizer)
+    save_spec(run, spec, splits)
+    if args.two_step:
+        from ..pipeline import two_step_prune
+
+        result = two_step_prune(
+            model, data, steps, int(settings.get("steps2", args.steps2 or steps)), r1=args.r1, r2=args.r2,
+            second=args.second, block_size=cfg.block_size, example_inputs=example, distill=args.distill,
+            progress=not args.quiet,
+        )
+        save(result.model, run.converted)
+        logs = [_log_dict(log) for log in result.logs]
+        report = sparsity_report(result.model)
+        record = {"mode": "two-step", "r1": args.r1, "r2": args.r2, "second": args.second, "steps": steps, "logs": logs}
+        print(f"two-step pruning done: converted model in {run.converted}")
+    else:
+        prepared = prepare(model, cfg, example)
+        log = train(
+            prepared, data, steps, lr=float(settings.get("lr", args.lr)), mask_lr=settings.get("mask_lr", args.mask_lr),
+            teacher=teacher, progress=not args.quiet, desc="prune", log_every=max(1, steps // 50),
+        )
+        save(prepared, run.prepared)
+        report = sparsity_report(prepared)
+        record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "logs": [_log_dict(log)]}
+        print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
+    record["remaining"] = report.remaining
+    record["dev_accuracy"] = None
+    run.write("prune", record)
