@@ -1,119 +1,86 @@
-"""The embedded demo: the packaged MiniLM on packaged Rotten Tomatoes snippets, end to end.
+"""The embedded demo: the packaged MiniLM on the packaged Rotten Tomatoes snippets, end to end.
 
-fine-tune dense -> prepare -> LEAP training to the target -> convert -> ONNX -> ONNX Runtime,
-then a table of dense vs pruned accuracy, size and latency. Run: python -m mlprune_fx.demo
+It runs the `mlprune` steps on one run folder: fine-tune the dense teacher, LEAP-prune heads
+and rows to the target, convert, export to ONNX, evaluate, time ONNX Runtime dense vs pruned,
+and write the report. The final table and the report (with plots) are also copied to --docs.
+Run: python -m mlprune_fx.demo   (or `make demo`)
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import tempfile
+import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-import mlprune_fx as mp
-from mlprune_fx.benchmarking import machine_header, markdown_table, time_side_by_side
-from mlprune_fx.data import batches, load_dataset, tokenize
-from mlprune_fx.models import load_packaged_model
-from mlprune_fx.training import accuracy, train
+from .benchmarking import markdown_table
+from .cli import main as mlprune
 
 
-def _params(model) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if "mlprune_masks" not in n)
+def _step(*argv: object) -> None:
+    argv = [str(a) for a in argv]
+    print(f"\n$ mlprune {' '.join(argv)}", flush=True)
+    code = mlprune(argv)
+    if code:
+        raise SystemExit(f"demo stopped: `mlprune {argv[0]}` failed")
 
 
-def run(args) -> str:
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    model, tokenizer = load_packaged_model(num_labels=2)
-    splits = load_dataset("rotten_tomatoes", seed=args.seed, max_examples=args.examples)
-    enc = {name: tokenize(getattr(splits, name), tokenizer, max_length=args.max_length) for name in ("train", "test")}
-    train_batches = lambda epoch: batches(enc["train"], args.batch_size, shuffle=True, seed=args.seed + epoch)  # noqa: E731
-    test_batches = list(batches(enc["test"], 64, shuffle=False))
-    print(f"data: Rotten Tomatoes fresh/rotten, train {len(splits.train)}, test {len(splits.test)}")
+def summary_table(run: Path) -> str:
+    read = lambda name: json.loads((run / f"{name}.json").read_text())  # noqa: E731
+    acc, bench, conv, prune = read("evaluate")["accuracy"], read("bench"), read("convert"), read("prune")
+    ms, sizes = bench["ms"], bench["sizes_mib"]
+    from .cli.inputs import load_hf
 
-    print(f"1/4 fine-tuning the dense model for {args.finetune_steps} steps")
-    train(model, train_batches, args.finetune_steps, lr=args.lr_finetune, desc="fine-tune")
-    dense_acc = accuracy(model, test_batches)
-    print(f"    dense test accuracy {dense_acc:.2%}")
-
-    print(f"2/4 pruning heads and FFN rows to {args.target:.0%} of the encoder weights ({args.prune_steps} steps)")
-    example = next(iter(train_batches(0)))
-    cfg = mp.PruningConfig(target=args.target, granularity=("head", "row"), initial_threshold=args.initial_threshold)
-    prepared = mp.prepare(copy.deepcopy(model), cfg, example)
-    log = train(prepared, train_batches, args.prune_steps, lr=args.lr_prune, mask_lr=args.mask_lr, desc="prune")
-    report = mp.sparsity_report(prepared)
-    print(f"    remaining encoder weights {report.remaining:.1%} (rho {log.rho[-1]:.3f}, lambda {log.lam[-1]:.0f})")
-
-    print("3/4 converting and exporting to ONNX")
-    converted = mp.convert(prepared)
-    pruned_acc = accuracy(converted, test_batches)
-    dense_graph = mp.convert(mp.prepare(model, mp.PruningConfig(), example))
-    plain = {k: v for k, v in example.items() if k != "labels"}
-    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mlprune-demo-"))
-    dense_path = mp.export_onnx(dense_graph, out_dir / "dense.onnx", plain)
-    pruned_path = mp.export_onnx(converted, out_dir / "pruned.onnx", plain)
-    dense_sess = mp.runtime.InferenceSession(dense_path, num_threads=args.threads)
-    pruned_sess = mp.runtime.InferenceSession(pruned_path, num_threads=args.threads)
-    ort_acc = accuracy(lambda **x: torch.from_numpy(pruned_sess(**x)["logits"]), test_batches)
-
-    print(f"4/4 ONNX Runtime latency, batch {args.bench_batch} x sequence {args.bench_seq}, {args.threads} threads")
-    ids = torch.randint(1000, model.config.vocab_size, (args.bench_batch, args.bench_seq))
-    feeds = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy()}
-    if "token_type_ids" in plain:
-        feeds["token_type_ids"] = torch.zeros_like(ids).numpy()
-    ms = time_side_by_side(
-        {"dense": lambda: dense_sess.run(None, feeds), "pruned": lambda: pruned_sess.run(None, feeds)}, repeats=args.repeats
-    )
+    dense_model, _ = load_hf(run / "dense")
+    dense_params = sum(p.numel() for p in dense_model.parameters())
     rows = [
-        ["test accuracy", f"{dense_acc:.2%}", f"{pruned_acc:.2%} (ONNX Runtime {ort_acc:.2%})"],
-        ["encoder weights remaining", "100%", f"{report.remaining:.1%}"],
-        ["parameters", f"{_params(model):,}", f"{_params(converted):,}"],
-        ["ONNX file", f"{dense_path.stat().st_size / 2**20:.1f} MiB", f"{pruned_path.stat().st_size / 2**20:.1f} MiB"],
-        ["ONNX Runtime latency", f"{ms['dense']:.1f} ms", f"{ms['pruned']:.1f} ms ({ms['dense'] / ms['pruned']:.2f}x faster)"],
+        ["test accuracy", f"{acc['dense']:.2%}", f"{acc['pruned']:.2%} (ONNX Runtime {acc.get('pruned_onnx', float('nan')):.2%})"],
+        ["encoder weights remaining", "100%", f"{prune['remaining']:.1%}"],
+        ["parameters", f"{dense_params:,}", f"{conv['parameters']:,}"],
+        ["ONNX file", f"{sizes['dense']:.1f} MiB", f"{sizes['pruned']:.1f} MiB"],
+        [f"ONNX Runtime latency (batch {bench['batch']} x seq {bench['seq']}, {bench['threads']} threads)",
+         f"{ms['dense']:.1f} ms", f"{ms['pruned']:.1f} ms ({ms['dense'] / ms['pruned']:.2f}x faster)"],
     ]
-    heads = ", ".join(f"{k}/{n}" for k, n in report.heads_kept.values())
-    table = markdown_table(["", "dense", f"pruned (target {args.target:.0%})"], rows)
-    text = (
-        f"{table}\n\nheads kept per layer: {heads}\n"
-        f"command: python -m mlprune_fx.demo {' '.join(args.argv)}\n{machine_header(args.threads)}\n"
-        f"run time {time.time() - started:.0f} s; ONNX files in {out_dir}"
-    )
-    print("\n" + text)
-    if args.report:
-        Path(args.report).write_text("# Demo result\n\n" + text + "\n")
-    return text
+    return markdown_table(["", "dense", "pruned"], rows) + "\n\n" + bench["machine"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", type=float, default=0.5, help="remaining fraction of encoder weights")
-    parser.add_argument("--examples", type=int, default=4000, help="snippets used (train/dev/test 80/10/10)")
+    parser.add_argument("--run", default="out/demo", help="run folder (models, ONNX files, records)")
+    parser.add_argument("--docs", default="docs/demo", help="where the report and table are copied ('' to skip)")
+    parser.add_argument("--target", type=float, default=0.4, help="remaining fraction of the encoder weights")
+    parser.add_argument("--examples", type=int, default=4000, help="snippets used (80/10/10 split)")
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--finetune-steps", type=int, default=200)
-    parser.add_argument("--prune-steps", type=int, default=400)
-    parser.add_argument("--lr-finetune", type=float, default=5e-5)
-    parser.add_argument("--lr-prune", type=float, default=3e-5)
-    parser.add_argument("--mask-lr", type=float, default=5e-2)
-    parser.add_argument("--initial-threshold", type=float, default=3.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bench-batch", type=int, default=8)
-    parser.add_argument("--bench-seq", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="folder for the ONNX files (default: a temporary folder)")
-    parser.add_argument("--report", help="also write the result table to this Markdown file")
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args.argv = argv
-    run(args)
+    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--prune-steps", type=int, default=600)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    run = Path(args.run)
+    started = time.time()
+    quiet = ["--quiet"] if args.quiet else []
+    _step("finetune", "--run", run, "--data", "rotten_tomatoes", "--max-examples", args.examples, "--max-length", args.max_length,
+          "--steps", args.finetune_steps, "--device", args.device, *quiet)
+    _step("prune", "--run", run, "--target", args.target, "--steps", args.prune_steps, "--device", args.device, *quiet)
+    _step("convert", "--run", run)
+    _step("export", "--run", run)
+    _step("evaluate", "--run", run, "--device", args.device)
+    _step("bench", "--run", run)
+    _step("report", "--run", run)
+    table = summary_table(run)
+    command = "python -m mlprune_fx.demo " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = f"{table}\n\ncommand: `{command.strip()}`; run time {time.time() - started:.0f} s"
+    print("\n" + text)
+    if args.docs:
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        for png in run.glob("*.png"):
+            shutil.copy(png, docs / png.name)
+        report = (run / "report.md").read_text()
+        (docs / "README.md").write_text(f"# Demo result\n\nMade by `make demo` ({command.strip()}).\n\n{text}\n\n{report.split(chr(10), 1)[1]}")
+        print(f"report copied to {docs}/README.md")
 
 
 if __name__ == "__main__":

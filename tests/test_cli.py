@@ -1,0 +1,119 @@
+"""The `mlprune` command line on a tiny BERT and a tiny CSV."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from mlprune_fx.cli import main
+from mlprune_fx.models import packaged_model_dir
+
+pytestmark = pytest.mark.usefixtures("native_library")
+
+WORDS = ["good", "bad", "great", "awful", "fine", "dull", "fun", "slow"]
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_hf")
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir())
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "sentiment"])
+        for i in range(60):
+            writer.writerow([f"a {WORDS[i % 8]} film number {i}", "pos" if i % 2 == 0 else "neg"])
+    return path
+
+
+def run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
+    r = tmp_path / "run"
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16"]
+    assert run("finetune", "--run", r, "--model", tiny_hf, "--steps", "3", "--batch-size", "8", "--quiet", *data) == 0
+    assert (r / "dense" / "config.json").exists() and json.loads((r / "data.json").read_text())["text_column"] == "review"
+    assert run("prune", "--run", r, "--steps", "6", "--batch-size", "8", "--target", "0.5", "--quiet") == 0
+    prune = json.loads((r / "prune.json").read_text())
+    assert abs(prune["remaining"] - 0.5) < 0.1
+    assert run("convert", "--run", r) == 0
+    assert run("export", "--run", r) == 0
+    assert (r / "model.onnx").exists() and (r / "dense.onnx").exists()
+    assert run("evaluate", "--run", r) == 0
+    accuracy = json.loads((r / "evaluate.json").read_text())["accuracy"]
+    assert set(accuracy) == {"dense", "pruned", "pruned_onnx"}
+    assert accuracy["pruned"] == pytest.approx(accuracy["pruned_onnx"], abs=0.1)
+    assert run("bench", "--run", r, "--batch", "2", "--seq", "16", "--repeats", "2") == 0
+    assert run("report", "--run", r) == 0
+    report = (r / "report.md").read_text()
+    assert "kept.png" in report and (r / "kept.png").exists() and (r / "training_0.png").exists()
+    out = capsys.readouterr().out
+    assert "speed-up" in out
+
+
+def test_prune_from_a_config_file_with_blocks(tmp_path, tiny_hf, tiny_csv):
+    r = tmp_path / "run"
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps({"target": 0.6, "granularity": ["head", "row", "block"], "block_size": 16, "steps": 4}))
+    args = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    assert run("prune", "--run", r, "--model", tiny_hf, "--config", config, "--batch-size", "8", *args) == 0
+    saved = json.loads((r / "prune.json").read_text())
+    assert saved["config"]["granularity"] == ["head", "row", "block"] and saved["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["convert"], "run `mlprune prune"),
+        (["export"], "run `mlprune convert"),
+        (["bench"], "run `mlprune export"),
+        (["report"], "holds no results"),
+        (["finetune", "--model", "/no/such/model", "--steps", "1"], "could not load a model"),
+        (["finetune", "--data", "/no/such/file.csv", "--steps", "1"], "file.csv"),
+        (["prune", "--data", "nonexistent_dataset_name"], "nonexistent_dataset_name"),
+    ],
+)
+def test_bad_paths_give_clear_errors(tmp_path, argv, message, capsys):
+    assert run(argv[0], "--run", tmp_path / "r", *argv[1:]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_column_names_the_columns_that_exist(tmp_path, tiny_hf, tiny_csv, capsys):
+    code = run("finetune", "--run", tmp_path / "r", "--model", tiny_hf, "--data", tiny_csv, "--text-column", "txt", "--steps", "1")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "txt" in err and "review" in err
+
+
+def test_bad_pruning_config_is_reported(tmp_path, tiny_hf, tiny_csv, capsys):
+    args = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16"]
+    assert run("prune", "--run", tmp_path / "r", "--model", tiny_hf, "--target", "1.5", *args) == 2
+    assert "target=1.5 is outside (0, 1]" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert run("finetune", "--run", tmp_path / "r", "--device", "cuda") == 2
+    assert "--device cpu" in capsys.readouterr().err
+
+
+def test_help_teaches_the_flow(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("finetune", "prune", "convert", "export", "evaluate", "bench", "report"):
+        assert f"mlprune {command}" in text
