@@ -41,3 +41,8 @@ bench: $(VENV)/.assets native
 
 clean:
 	rm -rf $(VENV) build runtime/_build *.egg-info
+
+# Opt-in, a few minutes: the kernel tests under ASan + UBSan, and a C++ fuzz driver under ASan + UBSan and TSan.
+.PHONY: sanitize
+sanitize: $(VENV)/.package
+	$(PY) tests/sanitize/run.py
