@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import fx
 
@@ -34,12 +36,16 @@ def lower_blocks(gm: fx.GraphModule, max_density: float = DEFAULT_MAX_DENSITY) -
         return gm
     load_library()
     nodes = nodes_by_name(gm)
+    skipped_dtypes: set[torch.dtype] = set()
     op = torch.ops.mlprune.block_sparse_linear.default
     for lm in state.linears:
         node = nodes.get(state.renamed.get(lm.site.node, lm.site.node))
         if lm.blocks is None or node is None or node.target is not torch.ops.aten.linear.default:
             continue
         weight = get_tensor(gm, lm.site.weight)
+        if weight.dtype != torch.float32:
+            skipped_dtypes.add(weight.dtype)
+            continue
         out, inp = weight.shape
         if out == 0 or inp == 0 or out % block or inp % block:
             continue
@@ -64,4 +70,10 @@ def lower_blocks(gm: fx.GraphModule, max_density: float = DEFAULT_MAX_DENSITY) -
         gm.graph.erase_node(node)
         state.renamed[lm.site.node] = new.name
         state.lowered[lm.site.weight] = density
+    if skipped_dtypes:
+        warnings.warn(
+            f"block-sparse matrices stay dense: the native kernel computes in float32 and these weights are "
+            f"{sorted(str(d) for d in skipped_dtypes)}; convert a float32 model (model.float()) to run them block-sparse",
+            stacklevel=3,
+        )
     return finish(gm)

@@ -38,9 +38,15 @@ class InferenceSession(ort.InferenceSession):
         if num_threads is not None:
             options.intra_op_num_threads = int(num_threads)
         if ORT_DOMAIN in model_domains(path):
-            from .ort_library import register_library
+            from .ort_library import OrtLibraryMissing, register_library
 
-            register_library(options)
+            try:
+                register_library(options)
+            except OrtLibraryMissing as exc:
+                raise OrtLibraryMissing(
+                    f"{path} uses mlprune's custom ops ({ORT_DOMAIN}) and {exc} Or export without custom ops: "
+                    "mlprune_fx.export_onnx(..., standard_ops=True)"
+                ) from exc
         super().__init__(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]), **kwargs)
 
     def __call__(self, **feeds) -> dict[str, np.ndarray]:

@@ -101,3 +101,27 @@ def test_block_masks_train_and_count_in_the_regulariser():
     assert q.scores.shape == (4, 4)
     rho = mp.penalty(prepared).rho
     assert rho == pytest.approx(0.99, abs=1e-3)
+
+
+def test_onnx_model_whose_custom_op_library_is_missing(tmp_path, monkeypatch):
+    from mlprune_fx.runtime import ort_library
+
+    converted = mp.convert(_prepared(("block",)))
+    path = mp.export_onnx(converted, tmp_path / "custom.onnx", example_inputs())
+    monkeypatch.setattr(ort_library, "_LIB_PATH", tmp_path / "missing.so")
+    with pytest.raises(ort_library.OrtLibraryMissing, match="standard_ops=True") as err:
+        mp.runtime.InferenceSession(path)
+    assert "runtime.build" in str(err.value) and "ai.mlprune" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_convert_and_keep_blocks_dense(dtype):
+    model = tiny_model("bert", layers=2).to(dtype)
+    prepared = mp.prepare(model, mp.PruningConfig(granularity=("head", "row", "block"), block_size=16), example_inputs())
+    randomize_masks(prepared, seed=1, keep=(0.2, 0.4))
+    prepared.eval()
+    with pytest.warns(UserWarning, match="computes in float32"):
+        converted = mp.convert(prepared)
+    assert not _lowered_ops(converted)
+    x = example_inputs()
+    assert (logits_of(converted(**x)).float() - logits_of(prepared(**x)).float()).abs().max() <= 1e-2
