@@ -1,0 +1,471 @@
+"""Accuracy at equal size: mlprune_fx (LEAP, heads + rows) against magnitude and Torch-Pruning baselines.
+
+For each dataset the packaged MiniLM-L6 is fine-tuned densely once; that dense model is the
+starting point and the distillation teacher of every method. Then, for each target share r
+of the encoder linear weights (Q, K, V, O, FC1, FC2 of every layer) and each method, a copy
+is pruned to r and trained for the same number of steps, at the same learning rate and
+schedule, on the same batches:
+
+- mlprune:       prepare(target=r, heads + rows) + LEAP training, then convert
+- mlprune_2step: MLPruning's two steps (heads + rows to 0.5, then 32x32 blocks to r / 0.5),
+                 the step budget split in two; opt-in, targets below 0.5, CPU only
+- magnitude:     global unstructured L1 pruning, fine-tuned with the masks held
+- torch_pruning: Torch-Pruning's MetaPruner removing whole heads and FFN channels, then fine-tuned
+
+Every cell records test / dev accuracy (PyTorch, and the test accuracy again in ONNX Runtime),
+the remaining share actually reached, stored parameters, ONNX Runtime latency at batch 8 x
+sequence 128 timed side by side with the dense model in the same run, and wall time. Results
+go to OUT/results.json after every cell (--resume skips finished cells) and OUT/results.md.
+
+    python benchmarks/bench_accuracy.py --out out/accuracy
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baselines  # noqa: E402
+
+import mlprune_fx as mp  # noqa: E402
+from mlprune_fx.benchmarking import machine_header, markdown_table, time_side_by_side  # noqa: E402
+from mlprune_fx.data import batches, load_dataset, tokenize  # noqa: E402
+from mlprune_fx.distill import DistillConfig, enable_distillation_outputs  # noqa: E402
+from mlprune_fx.models import load_packaged_model  # noqa: E402
+from mlprune_fx.pipeline import drop_outputs, two_step_prune  # noqa: E402
+from mlprune_fx.training import accuracy, train  # noqa: E402
+
+METHODS = ("mlprune", "mlprune_2step", "magnitude", "torch_pruning")
+DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
+TWO_STEP_R1 = 0.5
+# Settings that change what a cell computes; --resume refuses results made with others.
+RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
+                   "lr", "finetune_lr", "distill", "device")
+EVAL_BATCH = 64
+STRUCTURAL_TOLERANCE = 1e-4
+SHIFT_NOTE = 2.0  # the size of hold shift at which training.train warns too
+
+
+def distill_config(kind: str) -> DistillConfig | None:
+    """MLPruning's distillation (logits + hidden states; attention maps need eager attention), logits only, or none."""
+    if kind == "none":
+        return None
+    return DistillConfig(hidden_weight=1.0 if kind == "hidden" else 0.0, attention_weight=0.0)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class Data:
+    """Tokenised splits on the target device; `train(epoch)` reshuffles the same way for every method."""
+
+    def __init__(self, splits, args: argparse.Namespace, tokenizer, device: torch.device) -> None:
+        self.splits = splits
+        self.num_labels = len(self.splits.label_names)
+        self.encoded = tokenize(self.splits.train, tokenizer, max_length=args.max_length)
+        self.dev = [to_device(b, device) for b in
+                    batches(tokenize(self.splits.dev, tokenizer, args.max_length), EVAL_BATCH, shuffle=False)]
+        self.test = [to_device(b, device) for b in
+                     batches(tokenize(self.splits.test, tokenizer, args.max_length), EVAL_BATCH, shuffle=False)]
+        self.batch_size, self.seed, self.device = args.batch_size, args.seed, device
+        first = next(iter(self.train(0)))
+        self.example = {k: v.clone() for k, v in first.items()}  # fresh tensors: export guards on views
+
+    def train(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        for b in batches(self.encoded, self.batch_size, shuffle=True, seed=self.seed + epoch):
+            yield to_device(b, self.device)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.splits.train), "dev": len(self.splits.dev), "test": len(self.splits.test)}
+
+
+# --- deployment: ONNX export, ONNX Runtime accuracy and latency ---------------------------------
+
+
+def deployable(model: torch.nn.Module, example: dict[str, torch.Tensor]) -> torch.fx.GraphModule:
+    """A plain nn.Module through mlprune's capture and (no-op) convert, so every model exports the same way."""
+    inputs = {k: v for k, v in example.items() if k != "labels"}
+    return mp.convert(mp.prepare(model, mp.PruningConfig(target=1.0), example_inputs=inputs))
+
+
+def export(gm: torch.fx.GraphModule, path: Path, example: dict[str, torch.Tensor], threads: int) -> mp.runtime.InferenceSession:
+    inputs = {k: v for k, v in example.items() if k != "labels"}
+    mp.export_onnx(gm, path, inputs)
+    return mp.runtime.InferenceSession(path, num_threads=threads)
+
+
+def ort_accuracy(session: mp.runtime.InferenceSession, data: list[dict[str, torch.Tensor]]) -> float:
+    names = [i.name for i in session.get_inputs()]
+    correct = total = 0
+    for batch in data:
+        logits = session(**{k: batch[k].cpu().numpy() for k in names})["logits"]
+        correct += int((logits.argmax(-1) == batch["labels"].cpu().numpy()).sum())
+        total += len(batch["labels"])
+    return correct / max(total, 1)
+
+
+def latency_feeds(session, vocab: int, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in session.get_inputs():
+        if i.name == "input_ids":
+            feeds[i.name] = rng.integers(1000, vocab, (batch, seq), dtype=np.int64)
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones((batch, seq), dtype=np.int64)
+        else:
+            feeds[i.name] = np.zeros((batch, seq), dtype=np.int64)
+    return feeds
+
+
+def side_by_side(dense, pruned, feeds: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+    """Median ms of the dense and the pruned session, interleaved in one run."""
+    return time_side_by_side({"dense": lambda: dense.run(None, feeds), "pruned": lambda: pruned.run(None, feeds)},
+                             repeats=repeats)
+
+
+# --- the methods ------------------------------------------------------------------------------
+
+
+def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
+    student = copy.deepcopy(dense)
+    hidden = kd is not None and kd.wants_hidden
+    if hidden:
+        enable_distillation_outputs(student, attentions=False)  # before prepare, so the graph returns them
+    prepared = mp.prepare(student, mp.PruningConfig(target=target, granularity=("head", "row")), data.example)
+    log = train(prepared, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None,
+                distill=kd, progress=args.progress, desc=f"mlprune {target}")
+    report = mp.sparsity_report(prepared)
+    converted = mp.convert(prepared)
+    if hidden:
+        drop_outputs(converted, ["hidden_states"])
+    heads = [k for k, _ in report.heads_kept.values()]
+    notes = [f"heads kept per layer {heads}"]
+    if log.shift is not None and abs(log.shift) > SHIFT_NOTE:
+        notes.append(f"the regulariser left {log.before_hold:.3f} at the hold, which shifted every threshold "
+                     f"by {log.shift:+.2f} to reach the target")
+    return converted, {"remaining": report.remaining, "notes": notes,
+                       "extra": {"mask_lr": log.mask_lr, "hold_from": log.hold_from, "before_hold": log.before_hold,
+                                 "shift": log.shift, "heads_kept": heads}}
+
+
+def run_mlprune_2step(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
+    """Half the step budget per step, so the total matches the one-step methods."""
+    steps1 = args.prune_steps // 2
+    result = two_step_prune(dense, data.train, steps1, args.prune_steps - steps1, r1=TWO_STEP_R1,
+                            r2=target / TWO_STEP_R1, second="block", block_size=32, teacher=dense,
+                            example_inputs=data.example, distill=kd if kd is not None else False,
+                            progress=args.progress, lr=args.lr)
+    blocks = sum(1 for n in result.model.graph.nodes if "block_sparse_linear" in str(n.target))
+    notes = [f"step 1 heads + rows to {result.reports[0].remaining:.3f} ({steps1} steps), "
+             f"step 2 32x32 blocks to {result.reports[1].remaining:.3f} of that ({args.prune_steps - steps1} steps); "
+             f"{blocks} matrices on the block-sparse kernel"]
+    return result.model, {"remaining": result.remaining, "notes": notes, "extra": {"block_sparse_matrices": blocks}}
+
+
+def _fine_tune(student, dense, data: Data, args, kd: DistillConfig | None, desc: str) -> None:
+    """The baselines' training: the same loop, steps, schedule and teacher as mlprune's LEAP run.
+
+    Hidden states are returned only while distilling, so the exported model outputs logits
+    alone, like mlprune's converted one.
+    """
+    student.config.output_hidden_states = kd is not None and kd.wants_hidden
+    train(student, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None, distill=kd,
+          progress=args.progress, desc=desc)
+    student.config.output_hidden_states = False
+
+
+def run_magnitude(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
+    student = copy.deepcopy(dense)
+    params = baselines.magnitude_prune(student, target)
+    _fine_tune(student, dense, data, args, kd, f"magnitude {target}")
+    baselines.magnitude_finish(params)
+    kept = baselines.encoder_weight_count(student, nonzero=True)
+    notes = ["unstructured zeros in dense matrices: ONNX Runtime runs the dense shapes"]
+    return student, {"remaining": kept / baselines.encoder_weight_count(dense), "notes": notes, "extra": {}}
+
+
+def run_torch_pruning(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
+    """One-shot structural pruning, checked to be exactly head / channel removal before fine-tuning."""
+    student = copy.deepcopy(dense)
+    plan = baselines.torch_pruning_prune(student, target, data.example)
+    error = baselines.structural_error(dense, student, data.example)
+    if error > STRUCTURAL_TOLERANCE:
+        raise RuntimeError(f"Torch-Pruning's model differs from the dense model with the same heads and channels "
+                           f"zeroed by {error:.2e} in the logits: it did not remove whole heads / channels cleanly")
+    _fine_tune(student, dense, data, args, kd, f"torch_pruning {target}")
+    heads = dense.config.num_attention_heads
+    notes = [f"{plan.heads}/{heads} heads and {plan.ffn}/{dense.config.intermediate_size} FFN channels "
+             f"per layer (one-shot, L2 group magnitude)"]
+    return student, {"remaining": baselines.encoder_weight_count(student) / baselines.encoder_weight_count(dense),
+                     "notes": notes, "extra": {"heads": plan.heads, "ffn": plan.ffn, "structural_error": error}}
+
+
+RUNNERS: dict[str, Callable] = {"mlprune": run_mlprune, "mlprune_2step": run_mlprune_2step,
+                                "magnitude": run_magnitude, "torch_pruning": run_torch_pruning}
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+def cell_key(method: str, target: float) -> str:
+    return f"{method}@{target:g}"
+
+
+def save_json(results: dict, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+def load_results(path: Path, args, settings: dict) -> dict:
+    if not (args.resume and path.exists()):
+        return {"settings": settings, "datasets": {}}
+    results = json.loads(path.read_text())
+    old = results.get("settings", {})
+    differ = {k: (old.get(k), settings[k]) for k in RESULT_SETTINGS if old.get(k) != settings[k]}
+    if differ:
+        raise SystemExit(f"--resume: {path} was made with other settings {differ} (saved, now); "
+                         f"use another --out or the same settings")
+    return results
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def _s(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0f} s"
+
+
+def _params(cell: dict) -> str:
+    text = f"{cell['params'] / 1e6:.2f}M"
+    if cell.get("params_nonzero") is not None and cell["params_nonzero"] != cell["params"]:
+        text += f" ({cell['params_nonzero'] / 1e6:.2f}M nonzero)"
+    return text
+
+
+def dataset_table(name: str, entry: dict, targets: list[float], methods: list[str]) -> str:
+    dense = entry["dense"]
+    rows = [["dense", "-", "100.0%", _params(dense), f"{dense['test_acc']:.2%}", "-", f"{dense['dev_acc']:.2%}",
+             _ms(dense["ort_ms"]), "1.00x", _s(dense["seconds"])]]
+    notes = []
+    for target in targets:
+        for method in methods:
+            cell = entry["cells"].get(cell_key(method, target))
+            if cell is None:
+                continue
+            if "error" in cell:
+                rows.append([method, f"{target:.0%}", "failed", "-", "-", "-", "-", "-", "-", "-"])
+                notes.append(f"- {method} @ {target:.0%}: failed: {cell['error']}")
+                continue
+            speed = cell["dense_ort_ms"] / cell["ort_ms"]
+            rows.append([method, f"{target:.0%}", f"{cell['remaining']:.1%}", _params(cell), f"{cell['test_acc']:.2%}",
+                         f"{(cell['test_acc'] - dense['test_acc']) * 100:+.2f} pt", f"{cell['dev_acc']:.2%}",
+                         _ms(cell["ort_ms"]), f"{speed:.2f}x", _s(cell["train_seconds"])])
+            extra = list(cell.get("notes", []))
+            if abs(cell["ort_test_acc"] - cell["test_acc"]) > 0.5 / max(entry["sizes"]["test"], 1):
+                extra.append(f"ONNX Runtime test accuracy {cell['ort_test_acc']:.2%} differs from PyTorch's")
+            if extra:
+                notes.append(f"- {method} @ {target:.0%}: " + "; ".join(extra))
+    header = ["method", "target", "remaining", "params", "test acc", "vs dense", "dev acc", "ORT ms", "speed-up",
+              "training"]
+    sizes = entry["sizes"]
+    lines = [f"### {name} (train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']}, "
+             f"{entry['num_labels']} classes)", "", markdown_table(header, rows)]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines)
+
+
+def report(results: dict, args, header: str) -> str:
+    s = results["settings"]
+    parts = [
+        "## Accuracy at equal remaining encoder weights", "",
+        *(f"command: `{c}`" for c in results["commands"]), "",
+        "```", header, "```", "",
+        f"Packaged MiniLM-L6 fine-tuned densely for {s['finetune_steps']} steps (lr {s['finetune_lr']}); each method "
+        f"then trains {s['prune_steps']} steps (lr {s['lr']}, linear warm-up 10 % and decay, clipping 1.0, batch "
+        f"{s['batch_size']}, max length {s['max_length']}, seed {s['seed']}) with distillation `{s['distill']}` "
+        f"from the dense model, on {s['device']}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
+        f"FC2 of all layers) the model keeps; params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
+        f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {args.repeats}, each "
+        f"cell timed side by side with the dense model in one run (speed-up = dense ms / cell ms of that run; the "
+        f"dense row shows the dense model's own run). training: wall time of pruning + training (the dense row: "
+        f"fine-tuning). Test accuracy from PyTorch; ONNX Runtime's is in the JSON and noted where it differs.",
+    ]
+    for name in args.datasets:
+        if name in results["datasets"]:
+            parts += ["", dataset_table(name, results["datasets"][name], args.targets, args.methods)]
+    return "\n".join(parts) + "\n"
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+def dense_model(name: str, args, device, out: Path, entry: dict | None):
+    """Fine-tune the packaged MiniLM on `name`, or load the checkpoint a previous run left."""
+    splits = load_dataset(name, seed=args.seed, max_examples=args.examples)
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_packaged_model(num_labels=len(splits.label_names))
+    data = Data(splits, args, tokenizer, device)
+    model.to(device)
+    ckpt = out / f"dense_{name}.pt"
+    if entry is not None and ckpt.exists():
+        model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        print(f"{name}: dense model loaded from {ckpt}", flush=True)
+        return model.eval(), data, None
+    started = time.time()
+    train(model, data.train, args.finetune_steps, lr=args.finetune_lr, progress=args.progress, desc=f"dense {name}")
+    seconds = time.time() - started
+    torch.save(model.state_dict(), ckpt)
+    return model.eval(), data, seconds
+
+
+def run_cell(method, target, dense, data: Data, args, kd, dense_session, feeds, tmp: Path, device) -> dict:
+    if method == "mlprune_2step" and device.type != "cpu":
+        raise RuntimeError("mlprune_2step lowers blocks to mlprune's CPU kernel; run it with --device cpu")
+    torch.manual_seed(args.seed)
+    started = time.time()
+    model, info = RUNNERS[method](dense, target, data, args, kd)
+    trained = time.time() - started
+    model.eval()
+    test_acc, dev_acc = accuracy(model, data.test), accuracy(model, data.dev)
+    params_nonzero = None
+    if method == "magnitude":
+        params_nonzero = baselines.stored_parameters(model) - (
+            baselines.encoder_weight_count(model) - baselines.encoder_weight_count(model, nonzero=True))
+    graph = model if isinstance(model, torch.fx.GraphModule) else deployable(model, data.example)
+    session = export(graph, tmp / f"{method}_{target:g}.onnx", data.example, args.threads)
+    ort_test = ort_accuracy(session, data.test)
+    ms = side_by_side(dense_session, session, feeds, args.repeats)
+    return {
+        "method": method, "target": target, "remaining": info["remaining"], "test_acc": test_acc, "dev_acc": dev_acc,
+        "ort_test_acc": ort_test, "params": baselines.stored_parameters(model), "params_nonzero": params_nonzero,
+        "ort_ms": ms["pruned"], "dense_ort_ms": ms["dense"], "train_seconds": trained,
+        "seconds": time.time() - started, "notes": info["notes"], "extra": info["extra"],
+        "threads": args.threads, "repeats": args.repeats,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["rotten_tomatoes", "tweets"])
+    p.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.3, 0.2, 0.1],
+                   help="shares of the encoder linear weights to keep")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    p.add_argument("--finetune-steps", type=int, default=600, help="dense fine-tuning steps")
+    p.add_argument("--prune-steps", type=int, default=800, help="training steps of every method after/while pruning")
+    p.add_argument("--lr", type=float, default=3e-5, help="weight learning rate while pruning (every method)")
+    p.add_argument("--finetune-lr", type=float, default=5e-5, help="learning rate of the dense fine-tuning")
+    p.add_argument("--distill", choices=["hidden", "logits", "none"], default="hidden",
+                   help="distillation from the dense model, the same for every method")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--examples", type=int, default=None, help="cap on examples per dataset (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where training runs; ORT runs on CPU")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch threads on CPU (default: --threads)")
+    p.add_argument("--latency-batch", type=int, default=8)
+    p.add_argument("--latency-seq", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=20, help="timed ONNX Runtime runs per model")
+    p.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, dense checkpoints")
+    p.add_argument("--resume", action="store_true", help="skip the cells results.json already holds")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    if any(not 0 < t <= 1 for t in args.targets):
+        p.error(f"--targets {args.targets}: each must lie in (0, 1]")
+    if min(args.finetune_steps, args.prune_steps) < 1:
+        p.error("--finetune-steps and --prune-steps must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.torch_threads or args.threads)
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        if "torch_pruning" in args.methods:
+            p.error("the torch_pruning method needs Torch-Pruning: pip install 'torch-pruning>=1.5' (extra `bench`)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/bench_accuracy.py " + shlex.join(argv)
+    header = machine_header(args.threads)
+    settings = {k: getattr(args, k) for k in RESULT_SETTINGS}
+    json_path, md_path = args.out / "results.json", args.out / "results.md"
+    results = load_results(json_path, args, settings)
+    results["machine"] = header
+    results.setdefault("commands", []).append(command)
+    print(header, flush=True)
+    kd = distill_config(args.distill)
+
+    for name in args.datasets:
+        entry = results["datasets"].get(name)
+        dense, data, seconds = dense_model(name, args, device, args.out, entry)
+        with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp_dir:
+            tmp = Path(tmp_dir)
+            dense_session = export(deployable(dense, data.example), tmp / "dense.onnx", data.example, args.threads)
+            feeds = latency_feeds(dense_session, dense.config.vocab_size, args.latency_batch, args.latency_seq, args.seed)
+            if entry is None:
+                dense_ms = time_side_by_side({"dense": lambda: dense_session.run(None, feeds)}, repeats=args.repeats)
+                total = baselines.encoder_weight_count(dense)
+                counted = mp.sparsity_report(mp.prepare(dense, mp.PruningConfig(), data.example)).total
+                if counted != total:
+                    raise RuntimeError(f"mlprune counts {counted} prunable encoder weights, the baselines {total}: "
+                                       "the remaining shares would not be comparable")
+                entry = results["datasets"][name] = {
+                    "num_labels": data.num_labels, "sizes": data.sizes(), "cells": {},
+                    "dense": {"test_acc": accuracy(dense, data.test), "dev_acc": accuracy(dense, data.dev),
+                              "ort_test_acc": ort_accuracy(dense_session, data.test),
+                              "params": baselines.stored_parameters(dense), "encoder_weights": total,
+                              "ort_ms": dense_ms["dense"], "seconds": seconds},
+                }
+                save_json(results, json_path)
+            d = entry["dense"]
+            print(f"{name}: dense test {d['test_acc']:.2%}, dev {d['dev_acc']:.2%}, ORT {d['ort_ms']:.1f} ms", flush=True)
+            for target in args.targets:
+                for method in args.methods:
+                    key = cell_key(method, target)
+                    if key in entry["cells"] and "error" not in entry["cells"][key]:
+                        continue
+                    if method == "mlprune_2step" and target >= TWO_STEP_R1:
+                        print(f"{name} {key}: skipped, the two steps start at {TWO_STEP_R1} (targets below only)")
+                        continue
+                    try:
+                        cell = run_cell(method, target, dense, data, args, kd, dense_session, feeds, tmp, device)
+                    except Exception as e:  # one method failing must not lose the others' hours
+                        if method != "torch_pruning":
+                            raise
+                        cell = {"method": method, "target": target, "error": f"{type(e).__name__}: {e}"}
+                        print(f"{name} {key}: FAILED {cell['error']}", flush=True)
+                    entry["cells"][key] = cell
+                    save_json(results, json_path)
+                    if "error" not in cell:
+                        print(f"{name} {key}: remaining {cell['remaining']:.3f}, test {cell['test_acc']:.2%} "
+                              f"(ORT {cell['ort_test_acc']:.2%}), dev {cell['dev_acc']:.2%}, ORT {cell['ort_ms']:.1f} ms "
+                              f"vs dense {cell['dense_ort_ms']:.1f} ms, {cell['seconds']:.0f} s", flush=True)
+        del dense, data
+
+    text = report(results, args, header)
+    md_path.write_text(text)
+    print("\n" + text)
+    print(f"results: {json_path}, {md_path}")
+
+
+if __name__ == "__main__":
+    main()
