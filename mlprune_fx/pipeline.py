@@ -97,6 +97,7 @@ def two_step_prune(
     teacher: Callable | None = None,
     example_inputs: Mapping[str, torch.Tensor] | None = None,
     distill: DistillConfig | bool | None = True,
+    pruning: Mapping[str, object] | None = None,
     inference: bool = True,
     progress: bool = True,
     **train_kwargs,
@@ -106,8 +107,10 @@ def two_step_prune(
     teacher: step 1's teacher, by default `model` itself. distill: True for
     MLPruning's distillation, a DistillConfig for other weights, False for the task
     loss alone. example_inputs: keyword tensors with `labels`, by default the first
-    batch. inference: drop labels/loss (and the distillation outputs) from the result.
-    Further keyword arguments go to both `training.train` calls.
+    batch. pruning: further PruningConfig fields for both steps (e.g.
+    initial_threshold). inference: drop labels/loss (and the outputs added for
+    distillation) from the result. Further keyword arguments go to both
+    `training.train` calls (lr, mask_lr, descent, ...).
     """
     if second not in SECOND_STEPS:
         raise ValueError(f"second={second!r}: the second step prunes one of {SECOND_STEPS}")
@@ -123,14 +126,15 @@ def two_step_prune(
     had = {n: bool(getattr(config, f"output_{n}", False)) for n in _DISTILL_OUTPUTS} if config is not None else {}
     if kd is not None and config is not None:
         enable_distillation_outputs(student, attentions=kd.wants_attentions)
-    cfg1 = PruningConfig(target=r1, granularity=("head", "row"), block_size=block_size)
+    extra = dict(pruning or {})
+    cfg1 = PruningConfig(target=r1, granularity=("head", "row"), block_size=block_size, **extra)
     prepared1 = prepare(student, cfg1, example)
     log1 = train(prepared1, batches, steps1, teacher=teacher if kd else None, distill=kd,
                  progress=progress, desc="step 1: heads + rows", **train_kwargs)
     report1 = sparsity_report(prepared1)
     step1 = convert(prepared1, inference=False, row_multiple=block_size if second == "block" else 1)
 
-    cfg2 = PruningConfig(target=r2, granularity=(second,), block_size=block_size)
+    cfg2 = PruningConfig(target=r2, granularity=(second,), block_size=block_size, **extra)
     prepared2 = prepare(step1, cfg2, example)
     log2 = train(prepared2, batches, steps2, teacher=step1 if kd else None, distill=kd,
                  progress=progress, desc=f"step 2: {second}", **train_kwargs)

@@ -1,0 +1,97 @@
+"""Worker for test_distributed.py: LEAP training of a prepared tiny BERT on 2 CPU processes (gloo).
+
+Run by torchrun. mode "loop": `training.train` on a DistributedDataParallel model;
+mode "trainer": `hf.LeapTrainer`, which lets Accelerate wrap the model. Each rank sees
+different batches; at the end the ranks gather their parameters and rank 0 writes
+whether they agree and where the remaining ratio ended.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mlprune_fx as mp  # noqa: E402
+from mlprune_fx.state import mask_modules  # noqa: E402
+from mlprune_fx.training import train  # noqa: E402
+
+from conftest import example_inputs, tiny_model  # noqa: E402
+
+TARGET = 0.4
+STEPS = 40
+
+
+def _batches(rank: int) -> list[dict]:
+    out = []
+    for s in range(4):
+        batch = example_inputs(batch=4, seq=10, seed=100 * rank + s)
+        batch["labels"] = batch["input_ids"][:, 0] % 2
+        out.append(batch)
+    return out
+
+
+def _loop(prepared, rank: int) -> dict:
+    ddp = DistributedDataParallel(prepared)  # broadcasts rank 0's weights and masks
+    log = train(ddp, _batches(rank), steps=STEPS, lr=1e-4, progress=False)  # mask lr derived from the run
+    del ddp  # DDP's reducer must go before its process group, or exit hangs
+    return {"before_hold": log.before_hold, "rho_first": log.rho[0]}
+
+
+def _trainer(prepared, rank: int, out_dir: str) -> dict:
+    from transformers import TrainingArguments
+
+    from mlprune_fx.hf import LeapTrainer
+
+    rows = [{k: v[i] for k, v in b.items()} for b in _batches(rank) for i in range(len(b["labels"]))]
+    args = TrainingArguments(
+        output_dir=out_dir, max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-4,
+        warmup_steps=4, logging_steps=5, save_strategy="no", report_to=[], use_cpu=True,
+        remove_unused_columns=False, disable_tqdm=True, ddp_backend="gloo", seed=0,
+    )
+    trainer = LeapTrainer(model=prepared, args=args, train_dataset=rows)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "rho" in h]
+    wrapped = type(trainer.model_wrapped).__name__
+    return {"before_hold": logs[-1].get("hold_before"), "rho_first": logs[0]["rho"], "wrapped": wrapped}
+
+
+def _gather_equal(t: torch.Tensor, world: int) -> bool:
+    gathered = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(gathered, t)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
+def main(mode: str, out_path: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    example = example_inputs(batch=4, seq=10, seed=0)
+    example["labels"] = torch.zeros(4, dtype=torch.long)
+    prepared = mp.prepare(tiny_model("bert", layers=2, seed=rank), mp.PruningConfig(target=TARGET), example)
+    info = _loop(prepared, rank) if mode == "loop" else _trainer(prepared, rank, os.path.dirname(out_path))
+    params = torch.cat([p.detach().reshape(-1) for _, p in sorted(prepared.named_parameters())])
+    masks = torch.cat([torch.cat([m.scores.detach().reshape(-1), m.threshold.detach().reshape(1)]) for m in mask_modules(prepared).values()])
+    result = {
+        "world": world,
+        "params_identical": _gather_equal(params, world),
+        "masks_identical": _gather_equal(masks, world),
+        "masks_moved": bool(masks.abs().sum() > 0),
+        "target": TARGET,
+        "remaining": mp.sparsity_report(prepared).remaining,
+        **info,
+    }
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
