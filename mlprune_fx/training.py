@@ -22,12 +22,16 @@ goes through sigmoid'(T)), so on its own it settles above the target. See docs/t
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import fx, nn
 from tqdm.auto import tqdm
 
@@ -303,6 +307,9 @@ def train(
     weight_decay: float = 0.0,
     threshold_betas: tuple[float, float] | None = THRESHOLD_BETAS,
     log_every: int | None = None,
+    checkpoint: str | Path | None = None,
+    save_every: int | None = None,
+    resume: bool = False,
 ) -> TrainLog:
     """Train `model` for `steps` batches; adds the LEAP penalty when `model` is prepared.
 
@@ -314,6 +321,10 @@ def train(
     calibrated to the hard target and held (None: the regulariser runs to the end).
     threshold_betas: Adam betas of the thresholds (default: no momentum).
     model may be wrapped in DistributedDataParallel; every rank calibrates alike.
+    checkpoint / save_every: write model, optimizer, scheduler, RNG, log and hold
+    state to the `checkpoint` folder every `save_every` steps and at the end;
+    resume: continue from that folder (build `model` the same way first). A resumed
+    run ends exactly where an uninterrupted one would.
     """
     if steps < 1:
         raise ValueError(f"steps={steps}: train for at least one step")
@@ -336,7 +347,14 @@ def train(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     model.train()
     data = _cycle(batches)
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    start = 0
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs the `checkpoint` folder to resume from")
+        start, log = _restore(Path(checkpoint), inner, optimizer, scheduler, hold)
+        for _ in range(start):
+            next(data)
+    bar = tqdm(range(start, steps), desc=desc, disable=not progress, leave=False, initial=start, total=steps)
     try:
         for step in bar:
             batch = next(data)
@@ -379,11 +397,51 @@ def train(
                 log.remaining_steps.append(step + 1)
                 log.remaining.append(hard_remaining(inner))
             bar.set_postfix(info, refresh=False)
+            if checkpoint is not None and ((save_every and (step + 1) % save_every == 0) or step + 1 == steps):
+                _store(Path(checkpoint), step + 1, inner, optimizer, scheduler, log, hold)
     finally:
         if hold is not None:
             hold.release()
     model.eval()
     return log
+
+
+def _store(folder: Path, step: int, model: nn.Module, optimizer, scheduler, log: TrainLog, hold) -> None:
+    from .checkpointing import save_training_state
+    from .serialization import _dedupe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(_dedupe(tensors), str(folder / "model.safetensors.tmp"))
+    hold_state = {"engaged": hold.engaged, "adjust": hold.adjust, "before": hold.before, "after": hold.after} if hold else None
+    save_training_state(folder, step=step, optimizer=optimizer, scheduler=scheduler,
+                        extra={"log": json.dumps(dataclasses.asdict(log)), "hold": json.dumps(hold_state)})
+    (folder / "model.safetensors.tmp").replace(folder / "model.safetensors")
+
+
+def _restore(folder: Path, model: nn.Module, optimizer, scheduler, hold) -> tuple[int, TrainLog]:
+    from .checkpointing import load_training_state
+    from .errors import CheckpointError
+
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing: nothing to resume from in {folder}")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise CheckpointError(f"{weights} is corrupt or truncated ({exc}); start again") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder} was saved from another model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    step, extra = load_training_state(folder, optimizer=optimizer, scheduler=scheduler)
+    log = TrainLog(**json.loads(extra["log"]))
+    saved_hold = json.loads(extra["hold"])
+    if hold is not None and saved_hold and saved_hold["engaged"]:
+        hold.engaged = True
+        hold.adjust, hold.before, hold.after = saved_hold["adjust"], saved_hold["before"], saved_hold["after"]
+    return step, log
 
 
 @torch.no_grad()

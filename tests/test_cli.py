@@ -64,6 +64,36 @@ def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
     assert "speed-up" in out
 
 
+def test_interrupted_prune_resumes_from_the_run_checkpoint(tmp_path, tiny_hf, tiny_csv, monkeypatch):
+    import mlprune_fx.training as training
+
+    r = tmp_path / "run"
+    args = ["--model", tiny_hf, "--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment",
+            "--max-length", "16", "--batch-size", "8", "--steps", "6", "--save-every", "2", "--quiet"]
+    real_store = training._store
+    calls = []
+
+    def store_then_stop(folder, step, *rest):
+        real_store(folder, step, *rest)
+        calls.append(step)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_store", store_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run("prune", "--run", r, *args)
+    monkeypatch.setattr(training, "_store", real_store)
+    assert run("prune", "--run", r, *args, "--resume") == 0
+    assert json.loads((r / "prune.json").read_text())["logs"][0]["steps"][-1] == 5
+    assert calls == [2, 4]
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, tiny_hf, tiny_csv, capsys):
+    args = ["--model", tiny_hf, "--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--steps", "2"]
+    assert run("prune", "--run", tmp_path / "r", *args, "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
 def test_prune_from_a_config_file_with_blocks(tmp_path, tiny_hf, tiny_csv):
     r = tmp_path / "run"
     config = tmp_path / "prune.json"

@@ -25,6 +25,11 @@ def _common(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument("--run", required=True, help="the run folder (created if needed)")
     if device:
         parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and torch evaluation run")
+
+
+def _resumable(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--save-every", type=int, default=100, help="write RUN/checkpoint every N steps (0: only at the end)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN/checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -40,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
+    _resumable(p)
     add_data_arguments(p)
 
     p = sub.add_parser(
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r2", type=float, default=0.4)
     p.add_argument("--second", choices=["block", "unstructured"], default="block")
     p.add_argument("--steps2", type=int, help="steps of the second step (default: --steps)")
+    _resumable(p)
     add_data_arguments(p)
 
     p = sub.add_parser("convert", help="remove what was pruned", description="Freeze the masks, drop pruned heads and rows, run sparse blocks on the native kernel; writes RUN/converted.")

@@ -19,6 +19,13 @@ def _log_dict(log) -> dict:
     return {k: v for k, v in dataclasses.asdict(log).items()}
 
 
+def _checkpointing(args: argparse.Namespace, run: RunDir, step: str) -> dict:
+    folder = run.checkpoint / step
+    if args.resume and not (folder / "model.safetensors").exists():
+        raise CLIError(f"nothing to resume: {folder} holds no checkpoint (run without --resume)")
+    return {"checkpoint": folder, "save_every": args.save_every or None, "resume": args.resume}
+
+
 def finetune(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
     device = check_device(args.device)
@@ -27,7 +34,10 @@ def finetune(args: argparse.Namespace) -> None:
     model, tokenizer = load_hf(args.model, num_labels=len(splits.label_names), device=device)
     enc = encoded(splits, tokenizer, spec)
     print(f"fine-tuning {args.model or 'the packaged MiniLM'} on {spec.source}: {len(splits.train)} train examples, {args.steps} steps")
-    log = train(model, batch_source(enc["train"], args.batch_size, spec.seed, device), args.steps, lr=args.lr, progress=not args.quiet, desc="fine-tune")
+    log = train(
+        model, batch_source(enc["train"], args.batch_size, spec.seed, device), args.steps, lr=args.lr,
+        progress=not args.quiet, desc="fine-tune", **_checkpointing(args, run, "finetune"),
+    )
     result = {
         "model": args.model or "packaged all-MiniLM-L6-v2",
         "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
@@ -102,6 +112,7 @@ def prune(args: argparse.Namespace) -> None:
         log = train(
             prepared, data, steps, lr=float(settings.get("lr", args.lr)), mask_lr=settings.get("mask_lr", args.mask_lr),
             teacher=teacher, progress=not args.quiet, desc="prune", log_every=max(1, steps // 50),
+            **_checkpointing(args, run, "prune"),
         )
         save(prepared, run.prepared)
         report = sparsity_report(prepared)
