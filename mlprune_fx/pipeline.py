@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
-from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
-from torch.utils._pytree import TreeSpec
 
 from .config import PruningConfig
 from .convert import convert
 from .distill import DistillConfig, enable_distillation_outputs
+from .passes.drop_inputs import drop_outputs
 from .prepare import prepare
 from .report import SparsityReport, sparsity_report
 from .training import TrainLog, train
@@ -42,38 +41,6 @@ class TwoStepResult:
     def remaining(self) -> float:
         """Kept weights after both steps over the dense model's prunable weights."""
         return self.reports[1].kept / max(self.reports[0].total, 1)
-
-
-def drop_outputs(gm: fx.GraphModule, names: Iterable[str]) -> fx.GraphModule:
-    """Remove top-level output fields (e.g. the hidden states distillation needed) from a GraphModule."""
-    codegen = gm.graph._codegen
-    if not isinstance(codegen, _PyTreeCodeGen):
-        return gm
-    info = codegen.pytree_info
-    spec = info.out_spec
-    if not isinstance(spec.context, list):
-        return gm
-    names = set(names)
-    output = next(iter(gm.graph.find_nodes(op="output")))
-    leaves = list(output.args[0])
-    children, context, kept = [], [], []
-    start = 0
-    for key, child in zip(spec.context, spec.children()):
-        part = leaves[start : start + child.num_leaves]
-        start += child.num_leaves
-        if key in names:
-            continue
-        children.append(child)
-        context.append(key)
-        kept.extend(part)
-    if len(children) == len(spec.children()):
-        return gm
-    output.args = (tuple(kept),)
-    codegen.pytree_info = _PyTreeInfo(info.orig_args, info.in_spec, TreeSpec(spec.type, context, children))
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
-    return gm
 
 
 def _first_batch(batches) -> dict[str, torch.Tensor]:

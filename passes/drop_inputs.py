@@ -1,12 +1,54 @@
-"""drop_inputs: remove training-only inputs (labels) and the outputs computed from them."""
+"""drop_inputs / drop_outputs: change a captured graph's signature.
+
+drop_inputs removes training-only inputs (labels) and the outputs computed from them;
+drop_outputs removes whole output fields (e.g. the hidden states distillation needed).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 from torch import fx
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils._pytree import TreeSpec
 
 from .graph_utils import finish, remove_dead_nodes
+
+
+def _drop_output_fields(gm: fx.GraphModule, should_drop: Callable[[object, list], bool]) -> bool:
+    """Remove each top-level output field whose `should_drop(key, leaves)` holds; True if any went."""
+    codegen = gm.graph._codegen
+    info = codegen.pytree_info
+    spec = info.out_spec
+    context = spec.context if isinstance(spec.context, list) else None
+    output = next(iter(gm.graph.find_nodes(op="output")))
+    leaves = list(output.args[0])
+    children, keys, kept = [], [], []
+    start = 0
+    for i, child in enumerate(spec.children()):
+        part = leaves[start : start + child.num_leaves]
+        start += child.num_leaves
+        key = context[i] if context is not None else i
+        if should_drop(key, part):
+            continue
+        children.append(child)
+        keys.append(key)
+        kept.extend(part)
+    if len(children) == spec.num_children:
+        return False
+    output.args = (tuple(kept),)
+    new_spec = TreeSpec(spec.type, keys if context is not None else spec.context, children)
+    codegen.pytree_info = _PyTreeInfo(info.orig_args, info.in_spec, new_spec)
+    return True
+
+
+def drop_outputs(gm: fx.GraphModule, names: Iterable[str]) -> fx.GraphModule:
+    """Remove the named top-level output fields and what only they needed."""
+    names = set(names)
+    if isinstance(gm.graph._codegen, _PyTreeCodeGen) and _drop_output_fields(gm, lambda key, _: key in names):
+        remove_dead_nodes(gm)
+        return finish(gm)
+    return gm
 
 
 def drop_inputs(gm: fx.GraphModule, names: tuple[str, ...] = ("labels",)) -> fx.GraphModule:
@@ -27,38 +69,24 @@ def drop_inputs(gm: fx.GraphModule, names: tuple[str, ...] = ("labels",)) -> fx.
     for node in gm.graph.nodes:
         if any(a in tainted for a in node.all_input_nodes):
             tainted.add(node)
-    output = next(iter(gm.graph.find_nodes(op="output")))
-    leaves = list(output.args[0])
-    info = codegen.pytree_info
-    spec = info.out_spec
-    keep_children, keep_context, keep_leaves = [], [], []
-    start = 0
-    context = spec.context if isinstance(spec.context, list) else None
-    for i, child in enumerate(spec.children()):
-        n = child.num_leaves
-        part = leaves[start : start + n]
-        start += n
+    keyed = isinstance(codegen.pytree_info.out_spec.context, list)
+
+    def depends(key, part) -> bool:
         hit = [isinstance(x, fx.Node) and x in tainted for x in part]
-        if all(hit) and context is not None:
-            continue
-        if any(hit):
+        if any(hit) and not (all(hit) and keyed):
             raise ValueError(
-                f"output field {context[i] if context else i} depends on {names}; "
-                "keep the training inputs with convert(..., inference=False)"
+                f"output field {key} depends on {names}; keep the training inputs with convert(..., inference=False)"
             )
-        keep_children.append(child)
-        keep_leaves.extend(part)
-        if context is not None:
-            keep_context.append(context[i])
-    new_out = TreeSpec(spec.type, keep_context if context is not None else spec.context, keep_children)
-    output.args = (tuple(keep_leaves),)
-    in_spec = info.in_spec
-    args_spec, kwargs_spec = in_spec.children()
+        return all(hit) and bool(hit)
+
+    _drop_output_fields(gm, depends)
+    info = codegen.pytree_info
+    args_spec, kwargs_spec = info.in_spec.children()
     kw_keep = [(k, c) for k, c in zip(kwargs_spec.context, kwargs_spec.children()) if k not in names]
     new_kwargs = TreeSpec(dict, [k for k, _ in kw_keep], [c for _, c in kw_keep])
-    new_in = TreeSpec(in_spec.type, in_spec.context, [args_spec, new_kwargs])
+    new_in = TreeSpec(info.in_spec.type, info.in_spec.context, [args_spec, new_kwargs])
     remove_dead_nodes(gm)
     for node in drop:
         gm.graph.erase_node(node)
-    codegen.pytree_info = _PyTreeInfo([a for a in info.orig_args if a not in names], new_in, new_out)
+    codegen.pytree_info = _PyTreeInfo([a for a in info.orig_args if a not in names], new_in, info.out_spec)
     return finish(gm)
