@@ -91,17 +91,17 @@ def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float =
     return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature**2
 
 
-def _check_layers(student: Sequence, teacher: Sequence, what: str) -> None:
+def _check_layers(student: Sequence, teacher: Sequence, what: str, weight: str) -> None:
     if len(student) != len(teacher):
         raise ValueError(
             f"the student returns {len(student)} {what} and the teacher {len(teacher)}: layer-wise "
-            f"distillation needs the same depth; set the {what.replace(' ', '_')} weight to 0 for other teachers"
+            f"distillation needs the same depth; use DistillConfig({weight}=0) with a teacher of another depth"
         )
 
 
 def hidden_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], include_embedding_output: bool = False) -> torch.Tensor:
     """Sum over layers of the mean squared error between hidden states (HF's tuple, embeddings first)."""
-    _check_layers(student, teacher, "hidden states")
+    _check_layers(student, teacher, "hidden states", "hidden_weight")
     start = 0 if include_embedding_output else 1
     pairs = list(zip(student[start:], teacher[start:]))
     return sum((F.mse_loss(s.float(), t.float()) for s, t in pairs), torch.zeros((), device=student[0].device))
@@ -114,7 +114,7 @@ def attention_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tenso
     all heads) has no head-to-head correspondence and is left out; None when no
     layer is comparable.
     """
-    _check_layers(student, teacher, "attention maps")
+    _check_layers(student, teacher, "attention maps", "attention_weight")
     terms = [F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher) if s is not None and t is not None and s.shape == t.shape]
     return torch.stack(terms).sum() if terms else None
 
