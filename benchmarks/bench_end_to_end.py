@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--keep-step1", type=float, default=0.5, help="heads and FFN rows kept in step 1")
     parser.add_argument("--keep-step2", type=float, default=0.4, help="blocks kept in step 2")
     parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--max-block-density", type=float, default=0.5)
+    parser.add_argument("--max-block-density", type=float, default=0.7)
     parser.add_argument("--layers", type=int, default=12, help="BERT-base has 12")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
@@ -85,7 +85,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: mp.export_onnx(m, Path(tmp) / f"{k}.onnx", example) for k, m in (("dense", dense), ("pruned", pruned))}
-        sessions = {k: mp.runtime.InferenceSession(p, num_threads=args.threads) for k, p in paths.items()}
+        sessions = {k: mp.runtime.InferenceSession(p, num_threads=args.threads, spinning=False) for k, p in paths.items()}
         for batch in args.batch:
             x = torch.randint(1000, model.config.vocab_size, (batch, args.seq))
             inputs = {"input_ids": x, "attention_mask": torch.ones_like(x)}

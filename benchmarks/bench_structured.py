@@ -64,20 +64,21 @@ def run(models: list[str], batches: list[int], seq: int, threads: int, repeats: 
         with tempfile.TemporaryDirectory() as tmp:
             dense_onnx = mp.export_onnx(dense, Path(tmp) / "dense.onnx", example)
             pruned_onnx = mp.export_onnx(pruned, Path(tmp) / "pruned.onnx", example)
-            sessions = {k: mp.runtime.InferenceSession(p, num_threads=threads) for k, p in (("dense", dense_onnx), ("pruned", pruned_onnx))}
+            sessions = {
+                k: mp.runtime.InferenceSession(p, num_threads=threads, spinning=False)
+                for k, p in (("dense", dense_onnx), ("pruned", pruned_onnx))
+            }
             for batch in batches:
                 x = _inputs(vocab, batch, seq)
                 feeds = {k: v.numpy() for k, v in x.items()}
+                # ONNX Runtime pairs and torch pairs are timed in separate blocks, so that
+                # neither runtime's idle threads compete with the other's measurement
+                ms = time_side_by_side(
+                    {"ort dense": lambda: sessions["dense"].run(None, feeds), "ort pruned": lambda: sessions["pruned"].run(None, feeds)},
+                    repeats=repeats,
+                )
                 with torch.inference_mode():
-                    ms = time_side_by_side(
-                        {
-                            "torch dense": lambda: model(**x),
-                            "torch pruned": lambda: pruned(**x),
-                            "ort dense": lambda: sessions["dense"].run(None, feeds),
-                            "ort pruned": lambda: sessions["pruned"].run(None, feeds),
-                        },
-                        repeats=repeats,
-                    )
+                    ms.update(time_side_by_side({"torch dense": lambda: model(**x), "torch pruned": lambda: pruned(**x)}, repeats=repeats))
                 rows.append([
                     name, batch, f"{report.remaining:.1%}",
                     f"{ms['torch dense']:.1f}", f"{ms['torch pruned']:.1f}", f"{ms['torch dense'] / ms['torch pruned']:.2f}x",

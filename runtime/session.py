@@ -21,6 +21,8 @@ class InferenceSession(ort.InferenceSession):
     """`onnxruntime.InferenceSession` with the mlprune custom ops registered when needed.
 
     num_threads sets intra-op threads (ONNX Runtime's default is every core).
+    spinning=False stops idle pool threads from spinning: needed when several
+    sessions (or torch) share few cores, as in side-by-side benchmarks.
     Calling the session with keyword arrays returns a dict of named outputs.
     """
 
@@ -30,6 +32,7 @@ class InferenceSession(ort.InferenceSession):
         sess_options: ort.SessionOptions | None = None,
         providers: Sequence[str] | None = None,
         num_threads: int | None = None,
+        spinning: bool | None = None,
         **kwargs,
     ) -> None:
         if not os.path.exists(path):
@@ -37,6 +40,8 @@ class InferenceSession(ort.InferenceSession):
         options = sess_options or ort.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = int(num_threads)
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if ORT_DOMAIN in model_domains(path):
             from .ort_library import OrtLibraryMissing, register_library
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.passes.lower_blocks import block_mask_of
+from mlprune_fx.passes.lower_blocks import DEFAULT_MAX_DENSITY, block_mask_of
 from mlprune_fx.state import mask_modules, pruning_state
 
 from conftest import example_inputs, logits_of, randomize_masks, tiny_model
@@ -32,7 +32,7 @@ def test_block_masks_lower_to_the_native_op_with_parity(granularity, block):
     lowered = pruning_state(converted).lowered
     assert _lowered_ops(converted), "sparse enough matrices must run on the block-sparse kernel"
     assert len(_lowered_ops(converted)) == len(lowered)
-    assert all(d < 0.5 for d in lowered.values())
+    assert all(d < DEFAULT_MAX_DENSITY for d in lowered.values())
     for b, s in [(1, 5), (3, 13), (4, 40)]:
         x = example_inputs(b, s, seed=s)
         assert (logits_of(converted(**x)) - logits_of(prepared(**x))).abs().max() <= 1e-4

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, device=False)
     p.add_argument("--input", help="a prepared checkpoint (default RUN/prepared)")
     p.add_argument("--output", help="where to write (default RUN/converted)")
-    p.add_argument("--max-block-density", type=float, default=0.5, help="matrices with fewer kept blocks than this run block-sparse")
+    p.add_argument("--max-block-density", type=float, default=0.7, help="matrices with fewer kept blocks than this run block-sparse")
     p.add_argument("--lower-blocks", dest="lower_blocks", action="store_true", default=None, help="require the native kernel")
     p.add_argument("--no-lower-blocks", dest="lower_blocks", action="store_false", help="keep every matrix dense")
 

@@ -109,7 +109,7 @@ def bench_command(args: argparse.Namespace) -> None:
     paths = {k: p for k, p in paths.items() if p.exists()}
     if "pruned" not in paths:
         raise CLIError(f"{run.onnx} does not exist: run `mlprune export --run {run.root}` first")
-    sessions = {k: InferenceSession(p, num_threads=args.threads) for k, p in paths.items()}
+    sessions = {k: InferenceSession(p, num_threads=args.threads, spinning=False) for k, p in paths.items()}
     ids = torch.randint(1000, 20000, (args.batch, args.seq))
     feeds_all = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy(), "token_type_ids": torch.zeros_like(ids).numpy()}
     calls = {}
