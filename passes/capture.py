@@ -79,7 +79,9 @@ def check_example_inputs(model: nn.Module, example_inputs) -> dict[str, torch.Te
         )
     if next(iter(batch_sizes.values())) == 1:
         inputs = {k: torch.cat([v, v]) for k, v in inputs.items()}
-    return inputs
+    # Fresh tensors: torch.export guards on an example's view base (a trimmed batch would
+    # make every later untrimmed batch fail the guard).
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in inputs.items()}
 
 
 def dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, object]]:

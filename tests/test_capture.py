@@ -67,6 +67,15 @@ def test_batch_of_one_still_gives_a_dynamic_batch():
     torch.testing.assert_close(logits_of(prepared(**inputs)), logits_of(model(**inputs)), atol=1e-5, rtol=0)
 
 
+def test_example_inputs_that_are_views_do_not_constrain_later_inputs():
+    # A data loader's trimmed batch (a column slice) as the example; later batches are whole tensors.
+    model = tiny_model("bert").eval()
+    wide = example_inputs(batch=3, seq=20)
+    prepared = mp.prepare(model, mp.PruningConfig(), {k: v[:, 2:15] for k, v in wide.items()}).eval()
+    for inputs in (example_inputs(batch=3, seq=9), {k: v[:, 0:20] for k, v in wide.items()}):
+        torch.testing.assert_close(logits_of(prepared(**inputs)), logits_of(model(**inputs)), atol=1e-5, rtol=0)
+
+
 class _DataDependent(nn.Module):
     def __init__(self):
         super().__init__()
