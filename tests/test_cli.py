@@ -64,6 +64,17 @@ def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
     assert "speed-up" in out
 
 
+def test_same_seed_same_fine_tuned_model(tmp_path, tiny_hf, tiny_csv):
+    from safetensors.torch import load_file
+
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16"]
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) * 7 + ord(name))  # whatever the caller's RNG state, the seed decides
+        assert run("finetune", "--run", tmp_path / name, "--model", tiny_hf, "--steps", "3", "--batch-size", "8", "--quiet", *data) == 0
+    a, b = (load_file(tmp_path / n / "dense" / "model.safetensors") for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_interrupted_prune_resumes_from_the_run_checkpoint(tmp_path, tiny_hf, tiny_csv, monkeypatch):
     import mlprune_fx.training as training
 

@@ -8,6 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
+
 from .. import PruningConfig, prepare, save, sparsity_report
 from ..errors import MLPruneError
 from ..training import accuracy, train
@@ -31,6 +33,7 @@ def finetune(args: argparse.Namespace) -> None:
     device = check_device(args.device)
     spec = data_spec(args, run)
     splits = load_splits(spec)
+    torch.manual_seed(spec.seed)  # the new classifier head and dropout: same seed, same run
     model, tokenizer = load_hf(args.model, num_labels=len(splits.label_names), device=device)
     enc = encoded(splits, tokenizer, spec)
     print(f"fine-tuning {args.model or 'the packaged MiniLM'} on {spec.source}: {len(splits.train)} train examples, {args.steps} steps")
@@ -85,6 +88,7 @@ def prune(args: argparse.Namespace) -> None:
     source = args.model or (run.dense if run.dense.exists() else None)
     if source is None:
         print("note: no fine-tuned dense model in the run (mlprune finetune); pruning the packaged MiniLM with an untrained head")
+    torch.manual_seed(spec.seed)
     model, tokenizer = load_hf(source, num_labels=len(splits.label_names), device=device)
     enc = encoded(splits, tokenizer, spec)
     data = batch_source(enc["train"], args.batch_size, spec.seed, device)
