@@ -1,4 +1,4 @@
-"""convert: freeze -> compact_heads -> compact_rows -> lower_blocks -> cleanup."""
+"""convert: freeze -> compact_heads -> compact_rows -> lower_blocks -> fuse_epilogues -> cleanup."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .passes.compact_rows import compact_rows
 from .passes.drop_inputs import drop_inputs
 from .passes.dropout import remove_dropout
 from .passes.freeze_masks import freeze_masks
+from .passes.fuse_epilogues import fuse_epilogues
 from .passes.lower_blocks import DEFAULT_MAX_DENSITY, lower_blocks
 from .state import pruning_state
 
@@ -22,7 +23,7 @@ def _lowering(gm: fx.GraphModule, wanted: bool | None, max_density: float) -> fx
     from .runtime.ops import NativeLibraryMissing
 
     try:
-        return lower_blocks(gm, max_density)
+        return fuse_epilogues(lower_blocks(gm, max_density))
     except NativeLibraryMissing as exc:
         if wanted:
             raise

@@ -34,17 +34,23 @@ def register_onnx_schema() -> None:
             OP_TYPE,
             ORT_DOMAIN,
             OPSET_VERSION,
-            doc="Y = X W^T + bias, W stored as BSR blocks (values[k] = block transposed). See mlprune_fx.runtime.ops.",
+            doc="Y = activation(X W^T + bias) + residual, W stored as BSR blocks (values[k] = block transposed). "
+            "See mlprune_fx.runtime.ops.",
             inputs=[
                 param("X", "T", "input [..., in_features]"),
                 param("values", "T", "kept blocks [nnzb, b, b], each transposed"),
                 param("row_ptr", "tensor(int64)", "row-block pointers [out/b + 1]"),
                 param("col_idx", "tensor(int64)", "column-block index of each kept block [nnzb]"),
                 param("bias", "T", "bias [out_features]", param_option=optional),
+                param("residual", "T", "added after the activation [..., out_features]", param_option=optional),
             ],
             outputs=[param("Y", "T", "output [..., out_features]")],
             type_constraints=[("T", ["tensor(float)"], "float32 only")],
-            attributes=[OpSchema.Attribute("out_features", OpSchema.AttrType.INT, "rows of W")],
+            attributes=[
+                OpSchema.Attribute("out_features", OpSchema.AttrType.INT, "rows of W"),
+                OpSchema.Attribute("activation", onnx.helper.make_attribute("activation", "none"),
+                                   "none or gelu (erf form), applied to X W^T + bias"),
+            ],
         )
     )
 
@@ -54,13 +60,17 @@ def _opset() -> onnxscript.values.Opset:
     return onnxscript.values.Opset(ORT_DOMAIN, OPSET_VERSION)
 
 
-def block_sparse_linear_custom(x, values, row_ptr, col_idx, bias=None, out_features: int = 0):
+def block_sparse_linear_custom(x, values, row_ptr, col_idx, bias=None, out_features: int = 0,
+                               activation: str = "none", residual=None):
     """One ai.mlprune::BlockSparseLinear node (needs the mlprune ONNX Runtime library)."""
-    return _opset().BlockSparseLinear(x, values, row_ptr, col_idx, bias, out_features=out_features)
+    fused = {"activation": activation} if activation != "none" else {}
+    inputs = (x, values, row_ptr, col_idx, bias) + ((residual,) if residual is not None else ())
+    return _opset().BlockSparseLinear(*inputs, out_features=out_features, **fused)
 
 
-def block_sparse_linear_standard(x, values, row_ptr, col_idx, bias=None, out_features: int = 0):
-    """Standard ONNX ops: scatter the blocks into a dense W^T [in, out], then MatMul (+ Add)."""
+def block_sparse_linear_standard(x, values, row_ptr, col_idx, bias=None, out_features: int = 0,
+                                 activation: str = "none", residual=None):
+    """Standard ONNX ops: scatter the blocks into a dense W^T [in, out], then MatMul (+ Add, GELU, Add)."""
     one = op.Constant(value_ints=[1])
     b = op.Shape(values, start=1, end=2)
     in_f = op.Shape(x, start=-1)
@@ -80,7 +90,12 @@ def block_sparse_linear_standard(x, values, row_ptr, col_idx, bias=None, out_fea
     dense = op.ScatterND(grid, indices, values)  # [R, C, i, j]
     w_t = op.Reshape(op.Transpose(dense, perm=[1, 2, 0, 3]), op.Concat(in_f, out_f, axis=0))
     y = op.MatMul(x, w_t)
-    return y if bias is None else op.Add(y, bias)
+    y = y if bias is None else op.Add(y, bias)
+    if activation == "gelu":  # opset 18 has no Gelu: 0.5 y (1 + erf(y / sqrt 2))
+        half = op.CastLike(op.Constant(value_float=0.5), y)
+        y = op.Mul(op.Mul(half, y), op.Add(op.CastLike(op.Constant(value_float=1.0), y),
+                                           op.Erf(op.Mul(y, op.CastLike(op.Constant(value_float=0.7071067811865476), y)))))
+    return y if residual is None else op.Add(y, residual)
 
 
 def translation_table(standard_ops: bool = False) -> dict[object, Callable]:

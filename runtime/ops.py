@@ -91,10 +91,17 @@ def unpack_blocks(packed: PackedBlocks) -> Tensor:
     return dense.permute(0, 3, 1, 2).reshape(packed.out_features, packed.in_features)
 
 
+ACTIVATIONS = ("none", "gelu")
+
+
 def block_sparse_linear_reference(
-    x: Tensor, values: Tensor, row_ptr: Tensor, col_idx: Tensor, bias: Tensor | None, out_features: int
+    x: Tensor, values: Tensor, row_ptr: Tensor, col_idx: Tensor, bias: Tensor | None, out_features: int,
+    activation: str = "none", residual: Tensor | None = None,
 ) -> Tensor:
-    """Pure-torch definition of the op: y[..., r-block] += x[..., c-block] @ values[k] for every stored block k."""
+    """Pure-torch definition of the op: y[..., r-block] += x[..., c-block] @ values[k] for every stored block k,
+    then y = activation(y + bias) + residual (GELU in its exact erf form)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     b = values.shape[-1]
     in_f = x.shape[-1]
     check_block_shape(out_features, in_f, b)
@@ -104,7 +111,9 @@ def block_sparse_linear_reference(
         contrib = torch.einsum("nki,kij->nkj", xf[:, col_idx], values)
         y.index_add_(1, block_rows(row_ptr), contrib)
     y = y.reshape(*x.shape[:-1], out_features)
-    return y + bias if bias is not None else y
+    y = y + bias if bias is not None else y
+    y = torch.nn.functional.gelu(y) if activation == "gelu" else y
+    return y + residual if residual is not None else y
 
 
 def load_library() -> None:
@@ -126,7 +135,7 @@ def load_library() -> None:
 
 def _register_fake() -> None:
     @torch.library.register_fake("mlprune::block_sparse_linear")
-    def _(x, values, row_ptr, col_idx, bias, out_features):
+    def _(x, values, row_ptr, col_idx, bias, out_features, activation="none", residual=None):
         torch._check(values.dim() == 3, lambda: "values must be [nnzb, b, b]")
         return x.new_empty((*x.shape[:-1], out_features))
 

@@ -28,9 +28,14 @@ def _case(n_shape, rb, cb, b, density, bias, seed):
     return weight, mask, x, bvec
 
 
-def _check(x, packed, bias):
-    y = ops.block_sparse_linear(x, packed, bias)
-    ref = ops.block_sparse_linear_reference(x, packed.values, packed.row_ptr, packed.col_idx, bias, packed.out_features)
+def _check(x, packed, bias, activation="none", residual=None):
+    if activation == "none" and residual is None:
+        y = ops.block_sparse_linear(x, packed, bias)
+    else:
+        y = torch.ops.mlprune.block_sparse_linear(
+            x, packed.values, packed.row_ptr, packed.col_idx, bias, packed.out_features, activation, residual)
+    ref = ops.block_sparse_linear_reference(
+        x, packed.values, packed.row_ptr, packed.col_idx, bias, packed.out_features, activation, residual)
     scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4 * scale)
     return y
@@ -45,14 +50,39 @@ def _check(x, packed, bias):
     b=st.sampled_from([16, 32]),
     density=st.floats(0.0, 1.0),
     bias=st.booleans(),
+    activation=st.sampled_from(["none", "gelu"]),
+    residual=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_matches_reference_fuzzed(isa, rows, lead, rb, cb, b, density, bias, seed):
+def test_matches_reference_fuzzed(isa, rows, lead, rb, cb, b, density, bias, activation, residual, seed):
     n_shape = {1: (rows,), 2: (2, (rows + 1) // 2), 3: (1, 3, (rows + 2) // 3)}[lead]
     weight, mask, x, bvec = _case(n_shape, rb, cb, b, density, bias, seed)
     packed = ops.pack_blocks(weight, mask, b)
-    y = _check(x, packed, bvec)
+    res = torch.randn(*n_shape, rb * b) if residual else None
+    y = _check(x, packed, bvec, activation, res)
     assert y.shape == (*n_shape, rb * b)
+
+
+@pytest.mark.parametrize("b", [16, 32])
+def test_gelu_epilogue_over_the_whole_float_range(isa, b):
+    # Outputs from -1e4 to 1e4 (and exact zeros): the vectorised erf must saturate and keep signs.
+    weight = torch.eye(b)
+    x = torch.cat([torch.linspace(-12, 12, 997), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, 87.0, -87.0])])
+    x = torch.nn.functional.pad(x, (0, (-x.numel()) % b)).reshape(-1, b)
+    packed = ops.pack_blocks(weight, torch.ones(1, 1), b)
+    y = torch.ops.mlprune.block_sparse_linear(x, packed.values, packed.row_ptr, packed.col_idx, None, b, "gelu", None)
+    torch.testing.assert_close(y, F.gelu(x), rtol=0, atol=2e-6)
+    assert not y.isnan().any()
+
+
+def test_bad_activation_and_residual_shape_are_refused():
+    weight, mask, x, _ = _case((5,), 2, 2, 16, 1.0, False, 3)
+    packed = ops.pack_blocks(weight, mask, 16)
+    args = (x, packed.values, packed.row_ptr, packed.col_idx, None, 32)
+    with pytest.raises(RuntimeError, match="unknown activation 'relu'"):
+        torch.ops.mlprune.block_sparse_linear(*args, "relu", None)
+    with pytest.raises(RuntimeError, match="residual must be float32 with the output's shape"):
+        torch.ops.mlprune.block_sparse_linear(*args, "none", torch.zeros(5, 16))
 
 
 @pytest.mark.parametrize("b", [16, 32])

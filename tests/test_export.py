@@ -33,6 +33,23 @@ def test_onnx_runtime_equals_torch_with_dynamic_batch_and_sequence(tmp_path, kin
         assert np.abs(got - masked).max() <= 1e-4
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_skip_layernorm_fusion_is_off_unless_asked(tmp_path, fuse):
+    import onnx
+    import onnxruntime as ort
+
+    converted = mp.convert(mp.prepare(tiny_model("bert", layers=1), mp.PruningConfig(), example_inputs()))
+    path = mp.export_onnx(converted, tmp_path / "model.onnx", example_inputs())
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = mp.runtime.InferenceSession(path, options, fuse_skip_layernorm=fuse, disabled_optimizers=["BiasGeluFusion"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert ("SkipLayerNormalization" in ops) == fuse
+    assert "LayerNormalization" in ops and "BiasGelu" not in ops  # the caller's own list still applies
+    inputs = example_inputs(2, 7)
+    np.testing.assert_allclose(session(**inputs)["logits"], logits_of(converted(**inputs)).detach().numpy(), atol=1e-4)
+
+
 def test_bare_encoder_exports_hidden_states(tmp_path):
     prepared, converted = _converted("bertmodel", "sdpa")
     path = mp.export_onnx(converted, tmp_path / "encoder.onnx", example_inputs())

@@ -141,3 +141,34 @@ def test_missing_library_error(monkeypatch, tmp_path):
 
 def test_custom_model_passes_onnx_checker(custom_proto):
     onnx.checker.check_model(custom_proto)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_fused_epilogue_in_ort_matches_the_reference(activation):
+    # bias left out ("") while the residual input is given: optional inputs by position.
+    b, out_features = 16, 32
+    g = torch.Generator().manual_seed(4)
+    weight, mask = torch.randn(out_features, 48, generator=g), torch.tensor([[1, 0, 1], [0, 1, 1]])
+    packed = ops.pack_blocks(weight, mask, b)
+    inits = [
+        helper.make_tensor("values", TensorProto.FLOAT, list(packed.values.shape), packed.values.flatten().tolist()),
+        helper.make_tensor("row_ptr", TensorProto.INT64, [3], packed.row_ptr.tolist()),
+        helper.make_tensor("col_idx", TensorProto.INT64, [packed.nnzb], packed.col_idx.tolist()),
+    ]
+    attrs = {"activation": activation} if activation else {}
+    node = helper.make_node("BlockSparseLinear", ["X", "values", "row_ptr", "col_idx", "", "R"], ["Y"],
+                            domain=ORT_DOMAIN, out_features=out_features, **attrs)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 48]),
+         helper.make_tensor_value_info("R", TensorProto.FLOAT, ["n", "m"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ORT_DOMAIN, 1)], ir_version=10)
+    sess = ort.InferenceSession(model.SerializeToString(), ort_library.register_library(), providers=["CPUExecutionProvider"])
+    x, r = torch.randn(7, 48, generator=g), torch.randn(7, out_features, generator=g)
+    y = sess.run(None, {"X": x.numpy(), "R": r.numpy()})[0]
+    ref = ops.block_sparse_linear_reference(x, packed.values, packed.row_ptr, packed.col_idx, None, out_features,
+                                            activation or "none", r)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="residual must have the output's shape"):
+        sess.run(None, {"X": x.numpy(), "R": r[:, :16].contiguous().numpy()})

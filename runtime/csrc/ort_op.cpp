@@ -1,10 +1,12 @@
-// ONNX Runtime front end: ai.mlprune::BlockSparseLinear(X, values, row_ptr, col_idx, [bias])
-// with attribute out_features, run on ORT's intra-op pool via KernelContext_ParallelFor.
+// ONNX Runtime front end: ai.mlprune::BlockSparseLinear(X, values, row_ptr, col_idx, [bias],
+// [residual]) with attributes out_features and activation ("none" or "gelu", optional), run on
+// ORT's intra-op pool via KernelContext_ParallelFor.
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
 #include <algorithm>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -27,13 +29,15 @@ void run_part(void* plan, size_t part) {
 
 struct Kernel {
   int64_t out_features = 0;
+  mlprune::Activation activation = mlprune::Activation::kNone;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) try {
     Ort::KernelContext ctx(context);
     const Ort::ConstValue x = ctx.GetInput(0), values = ctx.GetInput(1),
                           row_ptr = ctx.GetInput(2), col_idx = ctx.GetInput(3);
-    Ort::ConstValue bias{nullptr};
+    Ort::ConstValue bias{nullptr}, residual{nullptr};
     if (ctx.GetInputCount() > 4) bias = ctx.GetInput(4);
+    if (ctx.GetInputCount() > 5) residual = ctx.GetInput(5);
     if (!x || !values || !row_ptr || !col_idx) return error("X, values, row_ptr and col_idx are required");
 
     std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
@@ -60,6 +64,12 @@ struct Kernel {
     if (!err.empty()) return error(err);
 
     xs.back() = out_features;
+    a.activation = activation;
+    if (residual) {
+      if (residual.GetTensorTypeAndShapeInfo().GetShape() != xs)
+        return error("residual must have the output's shape [..., out_features]");
+      a.residual = residual.GetTensorData<float>();
+    }
     Ort::UnownedValue y = ctx.GetOutput(0, xs);
     if (a.rows == 0) return nullptr;
     a.x = x.GetTensorData<float>();
@@ -82,9 +92,16 @@ struct Kernel {
 
 struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const try {
-    auto k = new Kernel;
-    k->out_features = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("out_features");
-    *kernel = k;
+    std::unique_ptr<Kernel> k(new Kernel);
+    const Ort::ConstKernelInfo ki(info);
+    k->out_features = ki.GetAttribute<int64_t>("out_features");
+    std::string act = "none";
+    try {
+      act = ki.GetAttribute<std::string>("activation");
+    } catch (const Ort::Exception&) {  // optional attribute
+    }
+    if (!mlprune::parse_activation(act, &k->activation)) return error("unknown activation '" + act + "' (use none or gelu)");
+    *kernel = k.release();
     return nullptr;
   } catch (const std::exception& e) {
     return error(std::string("needs an int attribute out_features: ") + e.what());
@@ -101,13 +118,13 @@ struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
 
   const char* GetName() const { return "BlockSparseLinear"; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 5; }
+  size_t GetInputTypeCount() const { return 6; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
     return (i == 2 || i == 3) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
                               : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 4 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return i >= 4 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

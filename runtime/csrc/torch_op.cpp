@@ -13,7 +13,9 @@ namespace {
 
 at::Tensor block_sparse_linear(const at::Tensor& x, const at::Tensor& values,
                                const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                               const std::optional<at::Tensor>& bias, int64_t out_features) {
+                               const std::optional<at::Tensor>& bias, int64_t out_features,
+                               const std::string& activation,
+                               const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
               "mlprune::block_sparse_linear: x and values must be float32");
   TORCH_CHECK(row_ptr.scalar_type() == at::kLong && col_idx.scalar_type() == at::kLong,
@@ -46,8 +48,18 @@ at::Tensor block_sparse_linear(const at::Tensor& x, const at::Tensor& values,
                                             bc.defined() ? bc.numel() : -1);
   TORCH_CHECK(err.empty(), "mlprune::block_sparse_linear: ", err);
 
+  TORCH_CHECK(mlprune::parse_activation(activation, &a.activation),
+              "mlprune::block_sparse_linear: unknown activation '", activation, "' (use none or gelu)");
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = out_features;
+  at::Tensor rc_;
+  if (residual.has_value() && residual->defined()) {
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->sizes().vec() == out_sizes,
+                "mlprune::block_sparse_linear: residual must be float32 with the output's shape ",
+                at::IntArrayRef(out_sizes), ", got ", residual->sizes());
+    rc_ = residual->contiguous();
+    a.residual = rc_.data_ptr<float>();
+  }
   at::Tensor y = at::empty(out_sizes, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (a.rows == 0) return y;
   a.x = xc.data_ptr<float>();
@@ -76,7 +88,7 @@ TORCH_LIBRARY(mlprune, m) {
   m.set_python_module("mlprune_fx.runtime.ops");
   m.def(
       "block_sparse_linear(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, "
-      "Tensor? bias, int out_features) -> Tensor");
+      "Tensor? bias, int out_features, str activation=\"none\", Tensor? residual=None) -> Tensor");
   m.def("kernel_isa(str wanted=\"\") -> str", &kernel_isa);
 }
 
