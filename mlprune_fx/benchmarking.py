@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -69,6 +70,31 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], repeats: int = 10, w
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def time_sessions(
+    make: dict[str, Callable[[], Callable[[], object]]], rounds: int = 5, runs: int = 10, warmup: int = 3
+) -> dict[str, float]:
+    """Median ms per run of each model with only its own session alive, the way it is deployed.
+
+    `make[name]()` opens a session and returns its run call. Rounds alternate the models;
+    each round opens a fresh session, warms it, times `runs` calls, and closes it, so no other
+    session's idle pool threads are around (they would spin on the same cores otherwise).
+    """
+    samples: dict[str, list[float]] = {k: [] for k in make}
+    for _ in range(rounds):
+        for name, opener in make.items():
+            call = opener()
+            for _ in range(warmup):
+                call()
+            start = time.perf_counter()
+            for _ in range(runs):
+                call()
+            samples[name].append((time.perf_counter() - start) * 1e3 / runs)
+            del call
+            gc.collect()
+            time.sleep(0.1)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import tempfile
@@ -79,6 +80,7 @@ def export_onnx(
     example_inputs: Mapping[str, torch.Tensor] | None = None,
     *,
     standard_ops: bool = False,
+    fused_attention: bool | None = None,
     opset_version: int | None = None,
     verbose: bool = False,
 ) -> Path:
@@ -86,22 +88,32 @@ def export_onnx(
 
     Block-sparse linears become `ai.mlprune::BlockSparseLinear` (run them with
     `mlprune_fx.runtime.InferenceSession`), or standard ONNX ops when
-    `standard_ops=True`, for runtimes without the mlprune library. The file is
-    written to a temporary name first, so a failed export leaves `path` untouched.
+    `standard_ops=True`, for runtimes without the mlprune library. fused_attention
+    (default: unless standard_ops) writes each self-attention as ONNX Runtime's
+    `com.microsoft.MultiHeadAttention` instead of its dozen decomposed nodes. The file
+    is written to a temporary name first, so a failed export leaves `path` untouched.
     """
     pruning_state(converted, "converted")
     inputs = _check_inputs(converted, example_inputs)
     dynamic = dynamic_shapes(inputs)
+    if fused_attention is None:
+        fused_attention = not standard_ops
+    converted.eval()
+    if fused_attention:
+        from .passes.fuse_attention import fuse_attention
+
+        converted = fuse_attention(copy.deepcopy(converted), inputs)
     kwargs = {}
     if uses_native_ops(converted):
         from .runtime.onnx_translation import translation_table
 
-        kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops)
+        block_sparse = any(n.op == "call_function" and str(n.target) == "mlprune.block_sparse_linear.default"
+                           for n in converted.graph.nodes)
+        kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops, block_sparse=block_sparse)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    converted.eval()
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     log = io.StringIO()

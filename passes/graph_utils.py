@@ -59,3 +59,29 @@ def finish(gm: fx.GraphModule) -> fx.GraphModule:
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.shapes[n] = tuple(out.shape)
+        return out
+
+
+@torch.no_grad()
+def concrete_shapes(gm: fx.GraphModule, inputs: dict[str, torch.Tensor]) -> dict[fx.Node, tuple[int, ...]]:
+    """Each tensor node's shape on `inputs` (keyword inputs of gm's forward). Needed where the
+    graph's recorded metadata predates the compaction passes, which change inner sizes."""
+    from torch.fx._pytree import tree_flatten_spec
+
+    codegen = gm.graph._codegen
+    spec = getattr(getattr(codegen, "pytree_info", None), "in_spec", None)
+    flat = tree_flatten_spec(((), dict(inputs)), spec) if spec is not None else list(inputs.values())
+    recorder = _ShapeRecorder(gm)
+    recorder.run(*flat)
+    return recorder.shapes

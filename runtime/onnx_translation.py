@@ -98,14 +98,59 @@ def block_sparse_linear_standard(x, values, row_ptr, col_idx, bias=None, out_fea
     return y if residual is None else op.Add(y, residual)
 
 
-def translation_table(standard_ops: bool = False) -> dict[object, Callable]:
+CONTRIB_DOMAIN = "com.microsoft"
+
+
+def register_attention_schema() -> None:
+    """ONNX Runtime's MultiHeadAttention (the inputs used here), so onnxscript can emit it."""
+    if onnx.defs.has("MultiHeadAttention", CONTRIB_DOMAIN):
+        return
+    param = OpSchema.FormalParameter
+    optional = OpSchema.FormalParameterOption.Optional
+    onnx.defs.register_schema(
+        OpSchema(
+            "MultiHeadAttention",
+            CONTRIB_DOMAIN,
+            1,
+            doc="ONNX Runtime's fused multi-head attention (contrib op).",
+            inputs=[
+                param("query", "T", "[batch, q_len, heads x head_size]"),
+                param("key", "T", "[batch, kv_len, heads x head_size]", param_option=optional),
+                param("value", "T", "[batch, kv_len, heads x head_size]", param_option=optional),
+                param("bias", "T", "QKV bias", param_option=optional),
+                param("key_padding_mask", "M", "key padding mask", param_option=optional),
+                param("attention_bias", "T", "additive [batch or 1, heads or 1, q_len, kv_len]", param_option=optional),
+            ],
+            outputs=[param("output", "T", "[batch, q_len, heads x head_size]")],
+            type_constraints=[("T", ["tensor(float)"], "float32"), ("M", ["tensor(int32)"], "mask")],
+            attributes=[
+                OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "number of heads"),
+                OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "QK^T scale", required=False),
+            ],
+        )
+    )
+
+
+def attention_contrib(q, k, v, bias=None, num_heads: int = 1, scale: float = 1.0):
+    """One com.microsoft::MultiHeadAttention node (in every ONNX Runtime CPU build)."""
+    register_attention_schema()
+    mha = onnxscript.values.Opset(CONTRIB_DOMAIN, 1).MultiHeadAttention
+    return mha(q, k, v, None, None, bias, num_heads=num_heads, scale=scale)
+
+
+def translation_table(standard_ops: bool = False, block_sparse: bool = True) -> dict[object, Callable]:
     """custom_translation_table for torch.onnx.export(dynamo=True) covering the mlprune ops."""
     import torch
 
-    from mlprune_fx.runtime.ops import load_library
+    import mlprune_fx.runtime.attention  # noqa: F401  (defines torch.ops.mlprune.attention)
 
-    load_library()
-    fn = block_sparse_linear_standard if standard_ops else block_sparse_linear_custom
-    if not standard_ops:
-        register_onnx_schema()
-    return {torch.ops.mlprune.block_sparse_linear.default: fn}
+    table: dict[object, Callable] = {torch.ops.mlprune.attention.default: attention_contrib}
+    if block_sparse:
+        from mlprune_fx.runtime.ops import load_library
+
+        load_library()
+        if not standard_ops:
+            register_onnx_schema()
+        fn = block_sparse_linear_standard if standard_ops else block_sparse_linear_custom
+        table[torch.ops.mlprune.block_sparse_linear.default] = fn
+    return table

@@ -92,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     add_data_arguments(p)
 
-    p = sub.add_parser("bench", help="ONNX Runtime latency, dense vs pruned", description="Times RUN/dense.onnx and RUN/model.onnx side by side in one process.")
+    p = sub.add_parser("bench", help="ONNX Runtime latency, dense vs pruned", description="Times RUN/dense.onnx and RUN/model.onnx in one process, in alternating rounds with only one session open at a time (ONNX Runtime's default settings).")
     _common(p, device=False)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per round (default 10)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each opening a fresh session (default 3)")
 
     p = sub.add_parser("report", help="Markdown report with plots", description="Writes RUN/report.md: results table, kept weights per layer and matrix, training curves, accuracy vs latency.")
     _common(p, device=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import convert, export_onnx, load, prepare, PruningConfig, save, sparsity_report
-from ..benchmarking import machine_header, time_side_by_side
+from ..benchmarking import machine_header, time_sessions
 from ..errors import MLPruneError
 from ..runtime import InferenceSession
 from ..training import accuracy
@@ -109,14 +109,17 @@ def bench_command(args: argparse.Namespace) -> None:
     paths = {k: p for k, p in paths.items() if p.exists()}
     if "pruned" not in paths:
         raise CLIError(f"{run.onnx} does not exist: run `mlprune export --run {run.root}` first")
-    sessions = {k: InferenceSession(p, num_threads=args.threads, spinning=False) for k, p in paths.items()}
     ids = torch.randint(1000, 20000, (args.batch, args.seq))
     feeds_all = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy(), "token_type_ids": torch.zeros_like(ids).numpy()}
-    calls = {}
-    for name, s in sessions.items():
-        feeds = {i.name: feeds_all[i.name] for i in s.get_inputs()}
-        calls[name] = lambda s=s, f=feeds: s.run(None, f)
-    ms = time_side_by_side(calls, repeats=args.repeats)
+
+    def opener(path: Path):
+        def open_session():
+            session = InferenceSession(path, num_threads=args.threads)
+            feeds = {i.name: feeds_all[i.name] for i in session.get_inputs()}
+            return lambda: session.run(None, feeds)
+        return open_session
+
+    ms = time_sessions({k: opener(p) for k, p in paths.items()}, rounds=args.rounds, runs=args.repeats)
     header = machine_header(args.threads)
     print(header)
     for name, value in ms.items():
