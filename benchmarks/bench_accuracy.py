@@ -46,7 +46,7 @@ from mlprune_fx.data import batches, load_dataset, tokenize  # noqa: E402
 from mlprune_fx.distill import DistillConfig, enable_distillation_outputs  # noqa: E402
 from mlprune_fx.models import load_packaged_model  # noqa: E402
 from mlprune_fx.pipeline import drop_outputs, two_step_prune  # noqa: E402
-from mlprune_fx.training import accuracy, train  # noqa: E402
+from mlprune_fx.training import ADJUST_WARNING, accuracy, describe_adjust, train  # noqa: E402
 
 METHODS = ("mlprune", "mlprune_2step", "magnitude", "torch_pruning")
 DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
@@ -56,7 +56,6 @@ RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", 
                    "lr", "finetune_lr", "distill", "device")
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
-SHIFT_NOTE = 2.0  # the size of hold shift at which training.train warns too
 
 
 def distill_config(kind: str) -> DistillConfig | None:
@@ -154,12 +153,12 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
         drop_outputs(converted, ["hidden_states"])
     heads = [k for k, _ in report.heads_kept.values()]
     notes = [f"heads kept per layer {heads}"]
-    if log.shift is not None and abs(log.shift) > SHIFT_NOTE:
-        notes.append(f"the regulariser left {log.before_hold:.3f} at the hold, which shifted every threshold "
-                     f"by {log.shift:+.2f} to reach the target")
+    if log.adjust is not None and abs(log.adjust) > ADJUST_WARNING:
+        notes.append(f"the regulariser left {log.before_hold:.3f} at the hold, which {describe_adjust(log.adjust)} "
+                     "to reach the target")
     return converted, {"remaining": report.remaining, "notes": notes,
                        "extra": {"mask_lr": log.mask_lr, "hold_from": log.hold_from, "before_hold": log.before_hold,
-                                 "shift": log.shift, "heads_kept": heads}}
+                                 "adjust": log.adjust, "heads_kept": heads}}
 
 
 def run_mlprune_2step(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:

@@ -159,6 +159,9 @@ def hard_remaining(prepared: nn.Module) -> float:
     return kept / max(sum(lm.site.numel for lm in state.linears), 1)
 
 
+ADJUST_WARNING = 0.25  # a hold that moves every mask by more than this is worth a warning
+
+
 def scaled_ratios(ratios: torch.Tensor, adjust: float) -> torch.Tensor:
     """Every mask's kept fraction moved by one shared amount `adjust` in [-1, 1].
 
@@ -273,7 +276,8 @@ def _cycle(batches: Iterable[dict] | Callable[[int], Iterable[dict]]) -> Iterato
         epoch += 1
 
 
-def _describe(adjust: float) -> str:
+def describe_adjust(adjust: float) -> str:
+    """What a hold adjustment did, in words."""
     if adjust <= 0:
         return f"removed {-adjust:.0%} of every mask's kept units"
     return f"restored {adjust:.0%} of every mask's pruned units"
@@ -386,10 +390,10 @@ def train(
                 log.hold_from = step + 1
                 hold.engage()
                 log.adjust, log.before_hold = hold.adjust, hold.before
-                if abs(hold.adjust) > 0.25:
+                if abs(hold.adjust) > ADJUST_WARNING:
                     warnings.warn(
                         f"the regulariser left the hard ratio at {hold.before:.3f} for a target of "
-                        f"{pruning_state(inner).config.target}, so the hold {_describe(hold.adjust)}. "
+                        f"{pruning_state(inner).config.target}, so the hold {describe_adjust(hold.adjust)}. "
                         "Train longer or raise mask_lr so the regulariser gets closer itself",
                         stacklevel=2,
                     )

@@ -1,0 +1,34 @@
+"""The accuracy benchmark end to end at toy size, so a change elsewhere cannot silently break it."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_accuracy  # noqa: E402
+
+
+def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys):
+    methods = ["mlprune", "magnitude"] + (["torch_pruning"] if importlib.util.find_spec("torch_pruning") else [])
+    argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "--methods", *methods, "--examples", "120",
+            "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
+            "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
+            "--out", str(tmp_path)]
+    bench_accuracy.main(argv)
+    results = json.loads((tmp_path / "results.json").read_text())
+    entry = results["datasets"]["rotten_tomatoes"]
+    assert 0 <= entry["dense"]["test_acc"] <= 1
+    for method in methods:
+        cell = entry["cells"][bench_accuracy.cell_key(method, 0.5)]
+        assert "error" not in cell, cell
+        assert 0 <= cell["test_acc"] <= 1 and cell["ort_ms"] > 0 and 0 < cell["remaining"] <= 1
+    table = (tmp_path / "results.md").read_text()
+    assert all(method in table for method in methods)
+    capsys.readouterr()
+    bench_accuracy.main(argv + ["--resume"])
+    out = capsys.readouterr().out
+    assert not any(f"rotten_tomatoes {bench_accuracy.cell_key(m, 0.5)}: remaining" in out for m in methods)  # all kept
