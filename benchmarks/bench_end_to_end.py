@@ -53,6 +53,29 @@ def build(model, example, keep1: float, keep2: float, block: int, max_density: f
     return dense, final, ratio
 
 
+def profile(path: Path, feeds: dict, threads: int, fuse_skip_layernorm: bool, runs: int = 10, top: int = 8) -> str:
+    """ONNX Runtime's own per-node timings, summed by op type: where a run's time goes."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = mp.runtime.InferenceSession(path, options, num_threads=threads, fuse_skip_layernorm=fuse_skip_layernorm)
+    for _ in range(runs):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    total, count = Counter(), Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            total[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+            count[e["args"]["op_name"]] += 1 / runs
+    parts = [f"{op} {ms:.1f} ms ({count[op]:.0f} nodes)" for op, ms in total.most_common(top)]
+    return f"{sum(total.values()):.1f} ms in nodes: " + ", ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
@@ -66,6 +89,9 @@ def main() -> None:
     parser.add_argument("--max-block-density", type=float, default=0.7)
     parser.add_argument("--layers", type=int, default=12, help="BERT-base has 12")
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--profile", action="store_true", help="also print ONNX Runtime's per-op-type time split")
+    parser.add_argument("--fuse-skip-layernorm", action="store_true",
+                        help="let ONNX Runtime fuse Add + LayerNormalization (off by default in InferenceSession)")
     args = parser.parse_args()
 
     from transformers import BertConfig, BertForSequenceClassification
@@ -93,7 +119,8 @@ def main() -> None:
 
             def opener(path, **options):
                 def open_session():
-                    session = mp.runtime.InferenceSession(path, num_threads=args.threads, **options)
+                    session = mp.runtime.InferenceSession(path, num_threads=args.threads,
+                                                          fuse_skip_layernorm=args.fuse_skip_layernorm, **options)
                     return lambda: session.run(None, feeds)
                 return open_session
 
@@ -109,6 +136,9 @@ def main() -> None:
                 f"{torch_ms['dense']:.1f}", f"{torch_ms['pruned']:.1f}", f"{torch_ms['dense'] / torch_ms['pruned']:.2f}x",
             ])
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
+            if args.profile:
+                for name, path in paths.items():
+                    print(f"  profile, {name}, batch {batch}: {profile(path, feeds, args.threads, args.fuse_skip_layernorm)}", flush=True)
     header = ["batch", "encoder weights left", "ORT dense ms", "ORT pruned ms", "ORT speed-up",
               "ORT no-spin dense ms", "ORT no-spin pruned ms", "ORT no-spin speed-up",
               "torch dense ms", "torch pruned ms", "torch speed-up"]
