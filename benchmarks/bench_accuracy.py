@@ -15,7 +15,7 @@ schedule, on the same batches:
 Every cell records test / dev accuracy (PyTorch, and the test accuracy again in ONNX Runtime),
 the remaining share actually reached, stored parameters, ONNX Runtime latency at batch 8 x
 sequence 128 timed side by side with the dense model in the same run, and wall time. Results
-go to OUT/results.json after every cell (--resume skips finished cells) and OUT/results.md.
+go to OUT/results.json and OUT/results.md after every cell (--resume skips finished cells).
 
     python benchmarks/bench_accuracy.py --out out/accuracy
 """
@@ -454,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{name} {key}: FAILED {cell['error']}", flush=True)
                     entry["cells"][key] = cell
                     save_json(results, json_path)
+                    md_path.write_text(report(results, args, header))  # a partial table survives an interrupted run
                     if "error" not in cell:
                         print(f"{name} {key}: remaining {cell['remaining']:.3f}, test {cell['test_acc']:.2%} "
                               f"(ORT {cell['ort_test_acc']:.2%}), dev {cell['dev_acc']:.2%}, ORT {cell['ort_ms']:.1f} ms "
