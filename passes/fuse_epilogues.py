@@ -21,9 +21,11 @@ def _op():
     return _OP
 
 
+_POSITIONAL = ("x", "values", "row_ptr", "col_idx", "bias", "out_features")
+
+
 def _kwargs(node: fx.Node) -> dict:
-    names = ("x", "values", "row_ptr", "col_idx", "bias", "out_features", "activation", "residual")
-    merged = dict(zip(names, node.args))
+    merged = dict(zip((*_POSITIONAL, "activation", "residual"), node.args))
     merged.update(node.kwargs)
     merged.setdefault("activation", "none")
     merged.setdefault("residual", None)
@@ -61,10 +63,9 @@ def _residual_of(node: fx.Node, user: fx.Node) -> fx.Node | None:
 
 def _replace(gm: fx.GraphModule, old: fx.Node, absorbed: fx.Node, kwargs: dict, renamed: dict[str, str]) -> fx.Node:
     """A new op node at `absorbed`'s place (its inputs all exist there) that stands for `absorbed`."""
-    names = ("x", "values", "row_ptr", "col_idx", "bias", "out_features")
     with gm.graph.inserting_before(absorbed):
         new = gm.graph.call_function(
-            _op(), tuple(kwargs[n] for n in names), {"activation": kwargs["activation"], "residual": kwargs["residual"]}
+            _op(), tuple(kwargs[n] for n in _POSITIONAL), {"activation": kwargs["activation"], "residual": kwargs["residual"]}
         )
     new.meta = dict(absorbed.meta)
     absorbed.replace_all_uses_with(new)
