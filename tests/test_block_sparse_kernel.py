@@ -45,7 +45,7 @@ def _check(x, packed, bias, activation="none", residual=None):
 @given(
     rows=st.one_of(st.integers(1, 300), st.sampled_from([1024, 1500])),
     lead=st.integers(1, 3),
-    rb=st.integers(1, 6),
+    rb=st.integers(1, 20),
     cb=st.integers(1, 6),
     b=st.sampled_from([16, 32]),
     density=st.floats(0.0, 1.0),
@@ -83,6 +83,19 @@ def test_bad_activation_and_residual_shape_are_refused():
         torch.ops.mlprune.block_sparse_linear(*args, "relu", None)
     with pytest.raises(RuntimeError, match="residual must be float32 with the output's shape"):
         torch.ops.mlprune.block_sparse_linear(*args, "none", torch.zeros(5, 16))
+
+
+@pytest.mark.parametrize("b, rb, cb", [(32, 16, 32), (16, 32, 32)])
+@pytest.mark.parametrize("n_shape", [(300,), (2, 77), (5,)])
+def test_packed_x_path(isa, b, rb, cb, n_shape):
+    """Enough kept blocks per input column that the AVX-512 path copies X into tile order first
+    (nnzb * b * b >= 256 * in_features); with in = 1024 / 512 a task holds 128 / 256 rows, so
+    300 rows span several tasks and end in a partial tile."""
+    weight, mask, x, bvec = _case(n_shape, rb, cb, b, 0.6, True, 7)
+    packed = ops.pack_blocks(weight, mask, b)
+    assert packed.nnzb * b * b >= 256 * cb * b
+    _check(x, packed, bvec)
+    _check(x, packed, None, "gelu", torch.randn(*n_shape, rb * b))
 
 
 @pytest.mark.parametrize("b", [16, 32])
