@@ -85,17 +85,23 @@ def test_bad_activation_and_residual_shape_are_refused():
         torch.ops.mlprune.block_sparse_linear(*args, "none", torch.zeros(5, 16))
 
 
-@pytest.mark.parametrize("b, rb, cb", [(32, 16, 32), (16, 32, 32)])
+@pytest.mark.parametrize("b, rb, cb", [(32, 32, 32), (16, 64, 32)])
 @pytest.mark.parametrize("n_shape", [(300,), (2, 77), (5,)])
-def test_packed_x_path(isa, b, rb, cb, n_shape):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_x_path(isa, b, rb, cb, n_shape, threads):
     """Enough kept blocks per input column that the AVX-512 path copies X into tile order first
-    (nnzb * b * b >= 256 * in_features); with in = 1024 / 512 a task holds 128 / 256 rows, so
-    300 rows span several tasks and end in a partial tile."""
+    (each part's kept blocks * b * b >= 256 * in_features, with one or two parts); with in = 1024 / 512
+    a task holds 128 / 256 rows, so 300 rows span several tasks and end in a partial tile."""
     weight, mask, x, bvec = _case(n_shape, rb, cb, b, 0.6, True, 7)
     packed = ops.pack_blocks(weight, mask, b)
-    assert packed.nnzb * b * b >= 256 * cb * b
-    _check(x, packed, bvec)
-    _check(x, packed, None, "gelu", torch.randn(*n_shape, rb * b))
+    assert packed.nnzb * b * b >= 2 * 256 * cb * b
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _check(x, packed, bvec)
+        _check(x, packed, None, "gelu", torch.randn(*n_shape, rb * b))
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("b", [16, 32])

@@ -38,7 +38,8 @@ struct Tile {
 using TileFn = void (*)(const Tile&);
 
 constexpr int kMaxMr = 12;
-constexpr int kPackRows = 12;  // the AVX-512 tile height
+constexpr int kPackRows = 12;     // the AVX-512 tile height
+constexpr int64_t kPackFlops = 512;  // per X element copied, for packing to pay (see Plan)
 constexpr int64_t kWAhead = 2;  // blocks; 1-4 measured alike in a BERT-base run
 
 // ---- epilogue: y = act(x W^T + bias) + residual ----
@@ -383,7 +384,7 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // Packing copies each task's X rows once; it pays where every X element feeds many FMAs
   // (>= 512 FLOPs: +8-15 % on BERT-base FFN and output shapes at N = 1024), not at low density
   // (768x768, density 0.1: +50 % run time).
-  pack_ = isa_ == Isa::kAvx512 && mr_ == kPackRows && a_.nnzb * b * b >= 256 * a_.in_features;
+  pack_ = isa_ == Isa::kAvx512 && mr_ == kPackRows && a_.nnzb * b * b >= kPackFlops / 2 * a_.in_features;
   const int64_t n_tiles = a_.rows > 0 ? (a_.rows + tile_rows_ - 1) / tile_rows_ : 0;
   const int64_t n_tasks = n_tiles * row_blocks_;
   max_parts = std::max<int64_t>(1, std::min(max_parts, n_tasks));
@@ -408,18 +409,26 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
 
 void Plan::run_part(int64_t part) const {
   const int bi = a_.block == 32 ? 1 : 0;
-  const auto& table = pack_ ? tiles().packed[bi] : tiles().fn[static_cast<int>(isa_)][bi];
+  const TileFn* table = tiles().fn[static_cast<int>(isa_)][bi];
   const int64_t b = a_.block, in = a_.in_features;
   thread_local std::vector<float> packed;
-  int64_t packed_tile = -1;
+  int64_t current_tile = -1;
+  bool pack = false;
   for (int64_t idx = bounds_[part]; idx < bounds_[part + 1]; ++idx) {
     const int64_t t = idx / row_blocks_, r = idx % row_blocks_;
     const int64_t row_end = std::min(a_.rows, (t + 1) * tile_rows_);
-    if (pack_ && t != packed_tile) {
-      const int64_t rows = row_end - t * tile_rows_;
-      packed.resize(static_cast<size_t>((rows + mr_ - 1) / mr_ * mr_ * in));
-      pack_rows(a_.x + t * tile_rows_ * in, rows, in, b, packed.data());
-      packed_tile = t;
+    if (t != current_tile) {
+      // The rule of the constructor, for the row-blocks this part runs on this tile's rows
+      // (many parts on few rows each copy the same rows).
+      const int64_t r_end = std::min(bounds_[part + 1], (t + 1) * row_blocks_) - t * row_blocks_;
+      pack = pack_ && (a_.row_ptr[r_end] - a_.row_ptr[r]) * b * b >= kPackFlops / 2 * in;
+      table = pack ? tiles().packed[bi] : tiles().fn[static_cast<int>(isa_)][bi];
+      if (pack) {
+        const int64_t rows = row_end - t * tile_rows_;
+        packed.resize(static_cast<size_t>((rows + mr_ - 1) / mr_ * mr_ * in));
+        pack_rows(a_.x + t * tile_rows_ * in, rows, in, b, packed.data());
+      }
+      current_tile = t;
     }
     Tile tile;
     tile.ldx = a_.in_features;
@@ -434,7 +443,7 @@ void Plan::run_part(int64_t part) const {
     for (int64_t m0 = t * tile_rows_; m0 < row_end; m0 += mr_) {
       const int64_t rows = std::min(mr_, row_end - m0);
       tile.prefetch_w = m0 == t * tile_rows_;
-      tile.x = pack_ ? packed.data() + (m0 - t * tile_rows_) * in : a_.x + m0 * in;
+      tile.x = pack ? packed.data() + (m0 - t * tile_rows_) * in : a_.x + m0 * in;
       tile.y = a_.y + m0 * a_.out_features + r * b;
       tile.res = a_.residual ? a_.residual + m0 * a_.out_features + r * b : nullptr;
       table[rows](tile);
