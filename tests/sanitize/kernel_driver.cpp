@@ -58,7 +58,7 @@ Case make_case(std::mt19937_64& rng) {
   std::normal_distribution<float> normal;
   Case c;
   c.b = uni(0, 1) ? 32 : 16;
-  c.rb = uni(1, 6);
+  c.rb = uni(0, 4) == 0 ? uni(8, 48) : uni(1, 6);  // tall ones keep enough blocks per input for X packing
   c.cb = uni(0, 9) == 0 ? uni(20, 64) : uni(1, 6);  // wide inputs split rows into several N-tiles
   const int64_t pick = uni(0, 9);
   c.rows = pick == 0 ? 0 : pick <= 6 ? uni(1, 40) : uni(41, 300);
