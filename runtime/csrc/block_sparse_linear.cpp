@@ -39,7 +39,7 @@ using TileFn = void (*)(const Tile&);
 
 constexpr int kMaxMr = 12;
 constexpr int kPackRows = 12;     // the AVX-512 tile height
-constexpr int64_t kPackFlops = 512;  // per X element copied, for packing to pay (see Plan)
+constexpr int64_t kPackFlops = 512;  // per X element copied, for packing to pay (see run_part)
 constexpr int64_t kWAhead = 2;  // blocks; 1-4 measured alike in a BERT-base run
 
 // ---- epilogue: y = act(x W^T + bias) + residual ----
@@ -381,10 +381,7 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   const int64_t budget_rows = l2_bytes() / 2 / std::max<int64_t>(1, a_.in_features * 4);
   tile_rows_ = std::max<int64_t>(1, budget_rows / mr_) * mr_;
   tile_rows_ = std::min(tile_rows_, ((a_.rows + mr_ - 1) / mr_) * mr_);
-  // Packing copies each task's X rows once; it pays where every X element feeds many FMAs
-  // (>= 512 FLOPs: +8-15 % on BERT-base FFN and output shapes at N = 1024), not at low density
-  // (768x768, density 0.1: +50 % run time).
-  pack_ = isa_ == Isa::kAvx512 && mr_ == kPackRows && a_.nnzb * b * b >= kPackFlops / 2 * a_.in_features;
+  can_pack_ = isa_ == Isa::kAvx512 && mr_ == kPackRows;
   const int64_t n_tiles = a_.rows > 0 ? (a_.rows + tile_rows_ - 1) / tile_rows_ : 0;
   const int64_t n_tasks = n_tiles * row_blocks_;
   max_parts = std::max<int64_t>(1, std::min(max_parts, n_tasks));
@@ -418,10 +415,12 @@ void Plan::run_part(int64_t part) const {
     const int64_t t = idx / row_blocks_, r = idx % row_blocks_;
     const int64_t row_end = std::min(a_.rows, (t + 1) * tile_rows_);
     if (t != current_tile) {
-      // The rule of the constructor, for the row-blocks this part runs on this tile's rows
-      // (many parts on few rows each copy the same rows).
+      // Packing copies this tile's X rows once per part; it pays where each X element feeds
+      // >= kPackFlops FLOPs of the row-blocks this part runs on them (+8-15 % on BERT-base FFN
+      // and output shapes at N = 1024), not at low density (768x768, density 0.1: +50 % run time),
+      // nor when many parts split few rows (each would copy them all).
       const int64_t r_end = std::min(bounds_[part + 1], (t + 1) * row_blocks_) - t * row_blocks_;
-      pack = pack_ && (a_.row_ptr[r_end] - a_.row_ptr[r]) * b * b >= kPackFlops / 2 * in;
+      pack = can_pack_ && (a_.row_ptr[r_end] - a_.row_ptr[r]) * b * b >= kPackFlops / 2 * in;
       table = pack ? tiles().packed[bi] : tiles().fn[static_cast<int>(isa_)][bi];
       if (pack) {
         const int64_t rows = row_end - t * tile_rows_;

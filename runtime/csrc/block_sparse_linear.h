@@ -12,7 +12,7 @@
 // horizontal sums or an on-the-fly transpose. Measured with this layout (one thread, AVX-512,
 // AMD Zen 5): ~220 GFLOP/s for b = 32, i.e. about the core's FMA peak (2 x 16 lanes/cycle),
 // ~180 GFLOP/s for b = 16 (one broadcast per FMA there) -- no other layout can gain much.
-// X is read in place, or, where each X element feeds enough FMAs (see Plan), first copied per
+// X is read in place, or, where each X element feeds enough FMAs (see run_part), first copied per
 // task into tile order so a block's 12 rows are one contiguous run (no scattered rows, every
 // broadcast address an immediate offset). Software prefetches pull the next block's X rows, on a
 // row-block's first tile W two blocks ahead (in a whole model W streams from DRAM: -10 % run time),
@@ -77,7 +77,7 @@ class Plan {
   Isa isa_;
   int64_t mr_ = 1;         // rows per microkernel tile
   int64_t tile_rows_ = 1;  // rows per task (multiple of mr_)
-  bool pack_ = false;      // copy each task's X rows into tile order first
+  bool can_pack_ = false;  // the ISA has a packed-X tile (run_part decides per tile)
   int64_t row_blocks_ = 0;
   std::vector<int64_t> bounds_;  // task index where each part starts, plus the end
 };
