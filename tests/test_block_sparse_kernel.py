@@ -104,6 +104,23 @@ def test_packed_x_path(isa, b, rb, cb, n_shape, threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("b, rb", [(32, 16), (16, 40)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_streaming_store_path(isa, b, rb, threads):
+    """An output larger than a core's L2 (here 8 MB: 4100 x 512 / 640 floats) is written with
+    streaming stores on the AVX-512 path, and with a residual and this small a W (67 / 189 kept
+    blocks) a task is one row tile across all row-blocks; 4100 rows end in a partial tile."""
+    weight, mask, x, bvec = _case((4100,), rb, 12, b, 0.4, True, 11)
+    packed = ops.pack_blocks(weight, mask, b)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _check(x, packed, bvec)
+        _check(x, packed, bvec, "gelu", torch.randn(4100, rb * b))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("b", [16, 32])
 @pytest.mark.parametrize("bias", [False, True])
 def test_empty_full_and_empty_row_blocks(isa, b, bias):

@@ -78,6 +78,7 @@ class Plan {
   int64_t mr_ = 1;         // rows per microkernel tile
   int64_t tile_rows_ = 1;  // rows per task (multiple of mr_)
   bool can_pack_ = false;  // the ISA has a packed-X tile (run_part decides per tile)
+  bool stream_ = false;    // y written with streaming stores
   int64_t row_blocks_ = 0;
   std::vector<int64_t> bounds_;  // task index where each part starts, plus the end
 };
