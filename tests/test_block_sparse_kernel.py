@@ -1,5 +1,7 @@
 """Native block-sparse kernel (torch op) against the pure-torch reference."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,17 @@ def _case(n_shape, rb, cb, b, density, bias, seed):
     x = torch.randn(*n_shape, cb * b, generator=g)
     bvec = torch.randn(rb * b, generator=g) if bias else None
     return weight, mask, x, bvec
+
+
+@contextmanager
+def _torch_threads(n):
+    """torch's (and so the kernel's) thread count set to n for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _check(x, packed, bias, activation="none", residual=None):
@@ -95,13 +108,9 @@ def test_packed_x_path(isa, b, rb, cb, n_shape, threads):
     weight, mask, x, bvec = _case(n_shape, rb, cb, b, 0.6, True, 7)
     packed = ops.pack_blocks(weight, mask, b)
     assert packed.nnzb * b * b >= 2 * 256 * cb * b
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with _torch_threads(threads):
         _check(x, packed, bvec)
         _check(x, packed, None, "gelu", torch.randn(*n_shape, rb * b))
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("b, rb", [(32, 16), (16, 40)])
@@ -112,13 +121,9 @@ def test_streaming_store_path(isa, b, rb, threads):
     blocks) a task is one row tile across all row-blocks; 4100 rows end in a partial tile."""
     weight, mask, x, bvec = _case((4100,), rb, 12, b, 0.4, True, 11)
     packed = ops.pack_blocks(weight, mask, b)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with _torch_threads(threads):
         _check(x, packed, bvec)
         _check(x, packed, bvec, "gelu", torch.randn(4100, rb * b))
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("b", [16, 32])
@@ -180,14 +185,10 @@ def test_bad_shapes_raise_clear_errors():
 def test_thread_count_does_not_change_result():
     weight, mask, x, bvec = _case((2, 300), 6, 5, 32, 0.5, True, 4)
     packed = ops.pack_blocks(weight, mask, 32)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with _torch_threads(1):
         y1 = ops.block_sparse_linear(x, packed, bvec)
-        torch.set_num_threads(2)
+    with _torch_threads(2):
         y2 = ops.block_sparse_linear(x, packed, bvec)
-    finally:
-        torch.set_num_threads(before)
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
 
 
