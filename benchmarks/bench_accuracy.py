@@ -11,6 +11,8 @@ schedule, on the same batches:
                  the step budget split in two; opt-in, targets below 0.5, CPU only
 - magnitude:     global unstructured L1 pruning, fine-tuned with the masks held
 - torch_pruning: Torch-Pruning's MetaPruner removing whole heads and FFN channels, then fine-tuned
+- dense_more:    a control at target 1: the dense model trained the same steps again on the task
+                 loss, to show what the extra budget alone buys (opt-in)
 
 Every cell records test / dev accuracy (PyTorch, and the test accuracy again in ONNX Runtime),
 the remaining share actually reached, stored parameters, ONNX Runtime latency at batch 8 x
@@ -48,7 +50,7 @@ from mlprune_fx.models import load_packaged_model  # noqa: E402
 from mlprune_fx.pipeline import drop_outputs, two_step_prune  # noqa: E402
 from mlprune_fx.training import ADJUST_WARNING, accuracy, describe_adjust, train  # noqa: E402
 
-METHODS = ("mlprune", "mlprune_2step", "magnitude", "torch_pruning")
+METHODS = ("mlprune", "mlprune_2step", "magnitude", "torch_pruning", "dense_more")
 DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
 TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
@@ -213,8 +215,21 @@ def run_torch_pruning(dense, target: float, data: Data, args, kd: DistillConfig 
                      "notes": notes, "extra": {"heads": plan.heads, "ffn": plan.ffn, "structural_error": error}}
 
 
+def run_dense_more(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
+    """The control: the dense model trained as long again, on the task loss alone (no teacher to hold it back).
+
+    The pruned models get `prune_steps` more training than the dense reference; this shows how much of
+    their accuracy that budget alone would buy an unpruned model.
+    """
+    student = copy.deepcopy(dense)
+    _fine_tune(student, dense, data, args, None, "dense_more")
+    notes = [f"the dense model trained {args.prune_steps} more steps at lr {args.lr} on the task loss"]
+    return student, {"remaining": 1.0, "notes": notes, "extra": {}}
+
+
 RUNNERS: dict[str, Callable] = {"mlprune": run_mlprune, "mlprune_2step": run_mlprune_2step,
-                                "magnitude": run_magnitude, "torch_pruning": run_torch_pruning}
+                                "magnitude": run_magnitude, "torch_pruning": run_torch_pruning,
+                                "dense_more": run_dense_more}
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -315,6 +330,22 @@ def report(results: dict, args, header: str) -> str:
 # --- the benchmark ----------------------------------------------------------------------------
 
 
+DENSE_SETTINGS = ("finetune_steps", "finetune_lr", "batch_size", "max_length", "examples", "seed", "device")
+
+
+def reusable_dense(folder: Path, name: str, args) -> Path:
+    """The dense checkpoint another run left in `folder`, after checking it was fine-tuned the way this run would."""
+    ckpt, saved = folder / f"dense_{name}.pt", folder / "results.json"
+    if not ckpt.exists() or not saved.exists():
+        raise SystemExit(f"--dense-from {folder}: needs dense_{name}.pt and results.json from an earlier run there")
+    old = json.loads(saved.read_text()).get("settings", {})
+    differ = {k: (old.get(k), getattr(args, k)) for k in DENSE_SETTINGS if old.get(k) != getattr(args, k)}
+    if differ:
+        raise SystemExit(f"--dense-from {folder}: its dense models were fine-tuned with other settings {differ} "
+                         "(saved, now); fine-tune here instead (drop --dense-from)")
+    return ckpt
+
+
 def dense_model(name: str, args, device, out: Path, entry: dict | None):
     """Fine-tune the packaged MiniLM on `name`, or load the checkpoint a previous run left."""
     splits = load_dataset(name, seed=args.seed, max_examples=args.examples)
@@ -323,9 +354,13 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
     data = Data(splits, args, tokenizer, device)
     model.to(device)
     ckpt = out / f"dense_{name}.pt"
-    if entry is not None and ckpt.exists():
+    if entry is None and args.dense_from is not None:
+        ckpt = reusable_dense(args.dense_from, name, args)
+    if (entry is not None or args.dense_from is not None) and ckpt.exists():
         model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
         print(f"{name}: dense model loaded from {ckpt}", flush=True)
+        if ckpt.parent != out:
+            torch.save(model.state_dict(), out / f"dense_{name}.pt")
         return model.eval(), data, None
     started = time.time()
     train(model, data.train, args.finetune_steps, lr=args.finetune_lr, progress=args.progress, desc=f"dense {name}")
@@ -385,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed ONNX Runtime runs per model")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, dense checkpoints")
     p.add_argument("--resume", action="store_true", help="skip the cells results.json already holds")
+    p.add_argument("--dense-from", type=Path, default=None,
+                   help="reuse the dense fine-tuned models of an earlier --out folder (same fine-tuning settings)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     if any(not 0 < t <= 1 for t in args.targets):
@@ -441,6 +478,9 @@ def main(argv: list[str] | None = None) -> None:
                 for method in args.methods:
                     key = cell_key(method, target)
                     if key in entry["cells"] and "error" not in entry["cells"][key]:
+                        continue
+                    if (method == "dense_more") != (target == 1.0):
+                        print(f"{name} {key}: skipped, dense_more runs at target 1 and only it does")
                         continue
                     if method == "mlprune_2step" and target >= TWO_STEP_R1:
                         print(f"{name} {key}: skipped, the two steps start at {TWO_STEP_R1} (targets below only)")

@@ -14,7 +14,7 @@ import bench_accuracy  # noqa: E402
 
 def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys):
     methods = ["mlprune", "magnitude"] + (["torch_pruning"] if importlib.util.find_spec("torch_pruning") else [])
-    argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "--methods", *methods, "--examples", "120",
+    argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "1", "--methods", *methods, "dense_more", "--examples", "120",
             "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
             "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
             "--out", str(tmp_path)]
@@ -26,9 +26,23 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys):
         cell = entry["cells"][bench_accuracy.cell_key(method, 0.5)]
         assert "error" not in cell, cell
         assert 0 <= cell["test_acc"] <= 1 and cell["ort_ms"] > 0 and 0 < cell["remaining"] <= 1
+    control = entry["cells"][bench_accuracy.cell_key("dense_more", 1.0)]
+    assert control["remaining"] == 1.0 and 0 <= control["test_acc"] <= 1
+    assert set(entry["cells"]) == {bench_accuracy.cell_key(m, 0.5) for m in methods} | {"dense_more@1"}
     table = (tmp_path / "results.md").read_text()
-    assert all(method in table for method in methods)
+    assert all(method in table for method in methods + ["dense_more"])
     capsys.readouterr()
     bench_accuracy.main(argv + ["--resume"])
     out = capsys.readouterr().out
     assert not any(f"rotten_tomatoes {bench_accuracy.cell_key(m, 0.5)}: remaining" in out for m in methods)  # all kept
+
+    reuse = tmp_path / "reuse"
+    again = [a if a != str(tmp_path) else str(reuse) for a in argv]
+    again[again.index("--methods") + 1: again.index("--examples")] = ["magnitude"]
+    bench_accuracy.main(again + ["--prune-steps", "2", "--dense-from", str(tmp_path)])
+    assert "dense model loaded from" in capsys.readouterr().out
+    reused = json.loads((reuse / "results.json").read_text())["datasets"]["rotten_tomatoes"]
+    assert reused["dense"]["test_acc"] == entry["dense"]["test_acc"]
+    assert (reuse / "dense_rotten_tomatoes.pt").exists()
+    with pytest.raises(SystemExit, match="other settings"):
+        bench_accuracy.main(again + ["--finetune-steps", "3", "--dense-from", str(tmp_path), "--out", str(tmp_path / "x")])
