@@ -29,6 +29,7 @@ import copy
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -353,14 +354,16 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
     model, tokenizer = load_packaged_model(num_labels=len(splits.label_names))
     data = Data(splits, args, tokenizer, device)
     model.to(device)
-    ckpt = out / f"dense_{name}.pt"
+    ckpt = source = out / f"dense_{name}.pt"
+    reuse = entry is not None and ckpt.exists()
     if entry is None and args.dense_from is not None:
-        ckpt = reusable_dense(args.dense_from, name, args)
-    if (entry is not None or args.dense_from is not None) and ckpt.exists():
+        source = reusable_dense(args.dense_from, name, args)
+        if source.resolve() != ckpt.resolve():
+            shutil.copyfile(source, ckpt)  # this folder then resumes on its own
+        reuse = True
+    if reuse:
         model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
-        print(f"{name}: dense model loaded from {ckpt}", flush=True)
-        if ckpt.parent != out:
-            torch.save(model.state_dict(), out / f"dense_{name}.pt")
+        print(f"{name}: dense model loaded from {source}", flush=True)
         return model.eval(), data, None
     started = time.time()
     train(model, data.train, args.finetune_steps, lr=args.finetune_lr, progress=args.progress, desc=f"dense {name}")

@@ -144,15 +144,15 @@ def _ort_ms(model: bytes, x: np.ndarray, out_features: int, threads: int, custom
     return ms
 
 
-def bench_row(shape, rows, density, block, threads, dense_cache, rng):
+def bench_row(shape, rows, density, block, threads, cache, rng):
     out_f, in_f = shape
     key = (shape, rows)
-    if key not in dense_cache:
+    if key not in cache:
         weight = torch.from_numpy(rng.standard_normal((out_f, in_f), dtype=np.float32))
         x = torch.from_numpy(rng.standard_normal((rows, in_f), dtype=np.float32))
         ort_dense_ms = _ort_ms(dense_model(weight.numpy()), x.numpy(), out_f, threads, False, F.linear(x, weight))
-        dense_cache[key] = (weight, x, ort_dense_ms, median_ms(lambda: F.linear(x, weight)))
-    weight, x, ort_dense_ms, torch_dense_ms = dense_cache[key]
+        cache[key] = (weight, x, ort_dense_ms, median_ms(lambda: F.linear(x, weight)))
+    weight, x, ort_dense_ms, torch_dense_ms = cache[key]
 
     rb, cb = out_f // block, in_f // block
     gen = torch.Generator().manual_seed(hash((shape, rows, density, block)) & 0xFFFF)
@@ -166,10 +166,10 @@ def bench_row(shape, rows, density, block, threads, dense_cache, rng):
     expected = F.linear(x, w_masked)
 
     empty_key = (shape, rows, block)
-    if empty_key not in dense_cache:
+    if empty_key not in cache:
         empty = ops.pack_blocks(weight, torch.zeros(rb, cb, dtype=torch.int32), block)
-        dense_cache[empty_key] = _ort_ms(sparse_model(empty), x.numpy(), out_f, threads, True, torch.zeros(rows, out_f))
-    empty_ms = dense_cache[empty_key]
+        cache[empty_key] = _ort_ms(sparse_model(empty), x.numpy(), out_f, threads, True, torch.zeros(rows, out_f))
+    empty_ms = cache[empty_key]
     ours_ort_ms = _ort_ms(sparse_model(packed), x.numpy(), out_f, threads, True, expected)
     ours_torch = lambda: ops.block_sparse_linear(x, packed)  # noqa: E731
     torch.testing.assert_close(ours_torch(), expected, rtol=1e-3, atol=1e-3)
@@ -248,16 +248,16 @@ def main(argv=None) -> int:
     print("\n".join(header), flush=True)
 
     rng = np.random.default_rng(0)
-    results, dense_cache = [], {}
+    results, cache = [], {}
     for shape in cfg["shapes"]:
         for rows in cfg["rows"]:
             for block in cfg["blocks"]:
                 for density in cfg["densities"]:
-                    results.append(bench_row(shape, rows, density, block, args.threads, dense_cache, rng))
+                    results.append(bench_row(shape, rows, density, block, args.threads, cache, rng))
                     r = results[-1]
                     print(f"  {r['shape']} N={rows} b={block} d={r['density']:.2f}: ours {r['ours_ort']:.3f} ms, "
                           f"ORT dense {r['ort_dense']:.3f} ms, eff {r['eff']:.2f}", flush=True)
-            dense_cache.clear()
+            cache.clear()
     table = format_table(results)
     print("\n" + table + "\n")
     print("\n".join(summary(results)))
