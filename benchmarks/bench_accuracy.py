@@ -56,7 +56,9 @@ DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
 TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
-                   "lr", "finetune_lr", "distill", "device")
+                   "lr", "finetune_lr", "distill", "device", "lambda_f")
+# Settings added after results were first saved: what a file without them was made with.
+SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -147,7 +149,8 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
     hidden = kd is not None and kd.wants_hidden
     if hidden:
         enable_distillation_outputs(student, attentions=False)  # before prepare, so the graph returns them
-    prepared = mp.prepare(student, mp.PruningConfig(target=target, granularity=("head", "row")), data.example)
+    config = mp.PruningConfig(target=target, granularity=("head", "row"), lambda_f=args.lambda_f)
+    prepared = mp.prepare(student, config, data.example)
     log = train(prepared, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None,
                 distill=kd, progress=args.progress, desc=f"mlprune {target}")
     report = mp.sparsity_report(prepared)
@@ -170,7 +173,7 @@ def run_mlprune_2step(dense, target: float, data: Data, args, kd: DistillConfig 
     result = two_step_prune(dense, data.train, steps1, args.prune_steps - steps1, r1=TWO_STEP_R1,
                             r2=target / TWO_STEP_R1, second="block", block_size=32, teacher=dense,
                             example_inputs=data.example, distill=kd if kd is not None else False,
-                            progress=args.progress, lr=args.lr)
+                            progress=args.progress, lr=args.lr, pruning={"lambda_f": args.lambda_f})
     blocks = sum(1 for n in result.model.graph.nodes if "block_sparse_linear" in str(n.target))
     notes = [f"step 1 heads + rows to {result.reports[0].remaining:.3f} ({steps1} steps), "
              f"step 2 32x32 blocks to {result.reports[1].remaining:.3f} of that ({args.prune_steps - steps1} steps); "
@@ -251,7 +254,8 @@ def load_results(path: Path, args, settings: dict) -> dict:
         return {"settings": settings, "datasets": {}}
     results = json.loads(path.read_text())
     old = results.get("settings", {})
-    differ = {k: (old.get(k), settings[k]) for k in RESULT_SETTINGS if old.get(k) != settings[k]}
+    saved = {k: old.get(k, SETTING_DEFAULTS.get(k)) for k in RESULT_SETTINGS}
+    differ = {k: (saved[k], settings[k]) for k in RESULT_SETTINGS if saved[k] != settings[k]}
     if differ:
         raise SystemExit(f"--resume: {path} was made with other settings {differ} (saved, now); "
                          f"use another --out or the same settings")
@@ -315,7 +319,8 @@ def report(results: dict, args, header: str) -> str:
         f"Packaged MiniLM-L6 fine-tuned densely for {s['finetune_steps']} steps (lr {s['finetune_lr']}); each method "
         f"then trains {s['prune_steps']} steps (lr {s['lr']}, linear warm-up 10 % and decay, clipping 1.0, batch "
         f"{s['batch_size']}, max length {s['max_length']}, seed {s['seed']}) with distillation `{s['distill']}` "
-        f"from the dense model, on {s['device']}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
+        f"from the dense model, on {s['device']}; mlprune's regulariser lambda_f "
+        f"{s.get('lambda_f', SETTING_DEFAULTS['lambda_f']):g}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
         f"FC2 of all layers) the model keeps; params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
         f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {args.repeats}, each "
         f"cell timed side by side with the dense model in one run (speed-up = dense ms / cell ms of that run; the "
@@ -409,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prune-steps", type=int, default=800, help="training steps of every method after/while pruning")
     p.add_argument("--lr", type=float, default=3e-5, help="weight learning rate while pruning (every method)")
     p.add_argument("--finetune-lr", type=float, default=5e-5, help="learning rate of the dense fine-tuning")
+    p.add_argument("--lambda-f", type=float, default=SETTING_DEFAULTS["lambda_f"],
+                   help="LEAP regulariser strength of the mlprune methods (PruningConfig.lambda_f); a larger one "
+                        "pulls a well-trained model closer to the target before the hold")
     p.add_argument("--distill", choices=["hidden", "logits", "none"], default="hidden",
                    help="distillation from the dense model, the same for every method")
     p.add_argument("--batch-size", type=int, default=32)

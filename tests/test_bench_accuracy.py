@@ -46,3 +46,14 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys):
     assert (reuse / "dense_rotten_tomatoes.pt").exists()
     with pytest.raises(SystemExit, match="other settings"):
         bench_accuracy.main(again + ["--finetune-steps", "3", "--dense-from", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_resume_reads_settings_added_later_as_their_defaults(tmp_path):
+    path = tmp_path / "results.json"
+    old = {k: 1 for k in bench_accuracy.RESULT_SETTINGS if k not in bench_accuracy.SETTING_DEFAULTS}
+    path.write_text(json.dumps({"settings": old, "datasets": {}}))
+    args = type("Args", (), {"resume": True})()
+    same = {**old, **bench_accuracy.SETTING_DEFAULTS}
+    assert bench_accuracy.load_results(path, args, same)["settings"] == old
+    with pytest.raises(SystemExit, match="lambda_f"):
+        bench_accuracy.load_results(path, args, {**same, "lambda_f": 2e5})
