@@ -59,6 +59,11 @@ RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", 
                    "lr", "finetune_lr", "distill", "device", "lambda_f")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f}
+
+
+def with_defaults(settings: dict) -> dict:
+    """Saved settings as they were in effect, the ones a file predates filled in."""
+    return {**SETTING_DEFAULTS, **settings}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -254,8 +259,8 @@ def load_results(path: Path, args, settings: dict) -> dict:
         return {"settings": settings, "datasets": {}}
     results = json.loads(path.read_text())
     old = results.get("settings", {})
-    saved = {k: old.get(k, SETTING_DEFAULTS.get(k)) for k in RESULT_SETTINGS}
-    differ = {k: (saved[k], settings[k]) for k in RESULT_SETTINGS if saved[k] != settings[k]}
+    saved = with_defaults(old)
+    differ = {k: (saved.get(k), settings[k]) for k in RESULT_SETTINGS if saved.get(k) != settings[k]}
     if differ:
         raise SystemExit(f"--resume: {path} was made with other settings {differ} (saved, now); "
                          f"use another --out or the same settings")
@@ -311,7 +316,7 @@ def dataset_table(name: str, entry: dict, targets: list[float], methods: list[st
 
 
 def report(results: dict, args, header: str) -> str:
-    s = results["settings"]
+    s = with_defaults(results["settings"])
     parts = [
         "## Accuracy at equal remaining encoder weights", "",
         *(f"command: `{c}`" for c in results["commands"]), "",
@@ -320,7 +325,7 @@ def report(results: dict, args, header: str) -> str:
         f"then trains {s['prune_steps']} steps (lr {s['lr']}, linear warm-up 10 % and decay, clipping 1.0, batch "
         f"{s['batch_size']}, max length {s['max_length']}, seed {s['seed']}) with distillation `{s['distill']}` "
         f"from the dense model, on {s['device']}; mlprune's regulariser lambda_f "
-        f"{s.get('lambda_f', SETTING_DEFAULTS['lambda_f']):g}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
+        f"{s['lambda_f']:g}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
         f"FC2 of all layers) the model keeps; params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
         f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {args.repeats}, each "
         f"cell timed side by side with the dense model in one run (speed-up = dense ms / cell ms of that run; the "
