@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import warnings
 
 from torch import fx
 
 from .passes.cleanup import cleanup
+from .passes.graph_utils import copy_graph_module
 from .passes.compact_heads import compact_heads
 from .passes.compact_rows import compact_rows
 from .passes.drop_inputs import drop_inputs
@@ -50,7 +50,7 @@ def convert(
     True a missing kernel is an error).
     """
     state = pruning_state(prepared, "prepared")
-    gm = prepared if inplace else copy.deepcopy(prepared)
+    gm = prepared if inplace else copy_graph_module(prepared)
     gm.eval()
     steps = [functools.partial(freeze_masks, row_multiple=row_multiple), compact_heads, compact_rows]
     if inference:

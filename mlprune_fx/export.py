@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import os
 import tempfile
@@ -16,6 +15,7 @@ from torch.fx.graph import _PyTreeCodeGen
 
 from .errors import ExampleInputsError
 from .passes.capture import dynamic_shapes
+from .passes.graph_utils import copy_graph_module
 from .state import pruning_state
 
 _MLPRUNE_NAMESPACE = "mlprune"
@@ -102,7 +102,7 @@ def export_onnx(
     if fused_attention:
         from .passes.fuse_attention import fuse_attention
 
-        converted = fuse_attention(copy.deepcopy(converted), inputs)
+        converted = fuse_attention(copy_graph_module(converted), inputs)
     kwargs = {}
     if uses_native_ops(converted):
         from .runtime.onnx_translation import translation_table

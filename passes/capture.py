@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Mapping
 
@@ -12,6 +11,7 @@ from torch.export import Dim
 
 from ..errors import CaptureError, ExampleInputsError
 from .dropout import make_dropout_switchable
+from .graph_utils import copy_graph_module
 
 _INTEGER_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -112,7 +112,7 @@ def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
         ) from exc
     finally:
         model.train(was_training)
-    gm = copy.deepcopy(program.module())  # the export aliases the model's own tensors
+    gm = copy_graph_module(program.module())  # the export aliases the model's own tensors
     for name in ("train", "eval"):
         gm.__dict__.pop(name, None)
     gm = make_dropout_switchable(gm)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import torch
 from torch import fx, nn
 
@@ -20,6 +23,14 @@ def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
         setattr(owner, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
     else:
         owner.register_buffer(name, value.detach().clone())
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy, without the FutureWarning torch's pytree raises when copying a captured graph's
+    input/output specs (it names an API we never call, so it only confuses users)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        return copy.deepcopy(gm)
 
 
 def nodes_by_name(gm: fx.GraphModule) -> dict[str, fx.Node]:

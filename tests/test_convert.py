@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -127,3 +128,10 @@ def test_convert_needs_a_prepared_model():
     converted = mp.convert(_prepared())
     with pytest.raises(mp.NotPreparedError, match="stage"):
         mp.convert(converted)
+
+
+def test_prepare_and_convert_raise_no_torch_pytree_warning():
+    """Copying a captured graph used to print torch's LeafSpec FutureWarning on every convert."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        mp.convert(_prepared())
