@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -74,6 +75,20 @@ def _check_inputs(gm: fx.GraphModule, example_inputs) -> dict[str, torch.Tensor]
     return inputs
 
 
+@contextlib.contextmanager
+def _quiet_registry(verbose: bool):
+    """The exporter warns, on stderr, that torchvision's ops are skipped when torchvision is not
+    installed; an encoder never uses them, so the warning only alarms users."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    if not verbose:
+        registry.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        registry.setLevel(level)
+
+
 def export_onnx(
     converted: fx.GraphModule,
     path: str | os.PathLike,
@@ -118,7 +133,7 @@ def export_onnx(
     os.close(fd)
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log) if not verbose else contextlib.nullcontext():
+        with contextlib.redirect_stdout(log) if not verbose else contextlib.nullcontext(), _quiet_registry(verbose):
             program = torch.onnx.export(
                 converted, (), kwargs=inputs, dynamo=True, dynamic_shapes=dynamic,
                 input_names=list(inputs), output_names=output_names(converted),

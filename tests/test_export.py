@@ -88,3 +88,10 @@ def test_failed_export_leaves_an_existing_file_intact(tmp_path, monkeypatch):
 def test_missing_onnx_file_gets_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="export_onnx"):
         mp.runtime.InferenceSession(tmp_path / "nothing.onnx")
+
+
+def test_export_does_not_warn_about_torchvision(tmp_path, caplog):
+    """The exporter's note that torchvision's ops are skipped concerns no encoder; only verbose shows it."""
+    _, converted = _converted("bert", "sdpa")
+    mp.export_onnx(converted, tmp_path / "model.onnx", example_inputs())
+    assert not [r for r in caplog.records if "torchvision" in r.getMessage()]
