@@ -59,13 +59,13 @@ RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", 
                    "lr", "finetune_lr", "distill", "device", "lambda_f")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f}
+EVAL_BATCH = 64
+STRUCTURAL_TOLERANCE = 1e-4
 
 
 def with_defaults(settings: dict) -> dict:
     """Saved settings as they were in effect, the ones a file predates filled in."""
     return {**SETTING_DEFAULTS, **settings}
-EVAL_BATCH = 64
-STRUCTURAL_TOLERANCE = 1e-4
 
 
 def distill_config(kind: str) -> DistillConfig | None:

@@ -8,13 +8,13 @@ import warnings
 from torch import fx
 
 from .passes.cleanup import cleanup
-from .passes.graph_utils import copy_graph_module
 from .passes.compact_heads import compact_heads
 from .passes.compact_rows import compact_rows
 from .passes.drop_inputs import drop_inputs
 from .passes.dropout import remove_dropout
 from .passes.freeze_masks import freeze_masks
 from .passes.fuse_epilogues import fuse_epilogues
+from .passes.graph_utils import copy_graph_module
 from .passes.lower_blocks import DEFAULT_MAX_DENSITY, lower_blocks
 from .state import pruning_state
 

@@ -76,15 +76,18 @@ def _check_inputs(gm: fx.GraphModule, example_inputs) -> dict[str, torch.Tensor]
 
 
 @contextlib.contextmanager
-def _quiet_registry(verbose: bool):
-    """The exporter warns, on stderr, that torchvision's ops are skipped when torchvision is not
-    installed; an encoder never uses them, so the warning only alarms users."""
+def _quiet_exporter(verbose: bool):
+    """Unless verbose: the exporter's progress prints, and its stderr warning that torchvision's ops
+    are skipped when torchvision is not installed (an encoder never uses them; it only alarms users)."""
+    if verbose:
+        yield
+        return
     registry = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registry.level
-    if not verbose:
-        registry.setLevel(logging.ERROR)
+    registry.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         registry.setLevel(level)
 
@@ -131,9 +134,8 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
-    log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log) if not verbose else contextlib.nullcontext(), _quiet_registry(verbose):
+        with _quiet_exporter(verbose):
             program = torch.onnx.export(
                 converted, (), kwargs=inputs, dynamo=True, dynamic_shapes=dynamic,
                 input_names=list(inputs), output_names=output_names(converted),
