@@ -16,7 +16,7 @@ from torch.fx.graph import _PyTreeCodeGen
 
 from .errors import ExampleInputsError
 from .passes.capture import dynamic_shapes
-from .passes.graph_utils import copy_graph_module
+from .passes.graph_utils import copy_graph_module, no_pytree_spec_warning
 from .state import pruning_state
 
 _MLPRUNE_NAMESPACE = "mlprune"
@@ -135,7 +135,7 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        with _quiet_exporter(verbose):
+        with _quiet_exporter(verbose), no_pytree_spec_warning():
             program = torch.onnx.export(
                 converted, (), kwargs=inputs, dynamo=True, dynamic_shapes=dynamic,
                 input_names=list(inputs), output_names=output_names(converted),

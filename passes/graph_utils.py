@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import fx, nn
@@ -25,11 +27,19 @@ def set_tensor(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
         owner.register_buffer(name, value.detach().clone())
 
 
-def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """A deep copy, without the FutureWarning torch's pytree raises when copying a captured graph's
-    input/output specs (it names an API we never call, so it only confuses users)."""
+@contextlib.contextmanager
+def no_pytree_spec_warning() -> Iterator[None]:
+    """Hide the FutureWarning torch's pytree raises when a captured graph's input/output specs are
+    copied (by us, or by torch.export's own passes): it names an API we never call, so it only
+    confuses users."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        yield
+
+
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy, without torch's pytree FutureWarning (see `no_pytree_spec_warning`)."""
+    with no_pytree_spec_warning():
         return copy.deepcopy(gm)
 
 

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -95,3 +97,12 @@ def test_export_does_not_warn_about_torchvision(tmp_path, caplog):
     _, converted = _converted("bert", "sdpa")
     mp.export_onnx(converted, tmp_path / "model.onnx", example_inputs())
     assert not [r for r in caplog.records if "torchvision" in r.getMessage()]
+
+
+def test_export_raises_no_torch_pytree_warning(tmp_path):
+    """torch.export's own passes copy the graph's pytree specs and used to print torch's LeafSpec
+    FutureWarning on every export."""
+    _, converted = _converted("bert", "sdpa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        mp.export_onnx(converted, tmp_path / "model.onnx", example_inputs())
