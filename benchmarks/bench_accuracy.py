@@ -56,9 +56,9 @@ DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
 TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
-                   "lr", "finetune_lr", "distill", "device", "lambda_f")
+                   "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows")
 # Settings added after results were first saved: what a file without them was made with.
-SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f}
+SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": 0.5, "output_rows": True}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -149,15 +149,20 @@ def side_by_side(dense, pruned, feeds: dict[str, np.ndarray], repeats: int) -> d
 # --- the methods ------------------------------------------------------------------------------
 
 
+def pruning_options(args) -> dict:
+    """The PruningConfig fields the command line sets for the mlprune methods."""
+    return {"lambda_f": args.lambda_f, "prune_output_rows": args.output_rows}
+
+
 def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
     student = copy.deepcopy(dense)
     hidden = kd is not None and kd.wants_hidden
     if hidden:
         enable_distillation_outputs(student, attentions=False)  # before prepare, so the graph returns them
-    config = mp.PruningConfig(target=target, granularity=("head", "row"), lambda_f=args.lambda_f)
+    config = mp.PruningConfig(target=target, granularity=("head", "row"), **pruning_options(args))
     prepared = mp.prepare(student, config, data.example)
     log = train(prepared, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None,
-                distill=kd, progress=args.progress, desc=f"mlprune {target}")
+                distill=kd, progress=args.progress, desc=f"mlprune {target}", descent=args.descent)
     report = mp.sparsity_report(prepared)
     converted = mp.convert(prepared)
     if hidden:
@@ -178,7 +183,8 @@ def run_mlprune_2step(dense, target: float, data: Data, args, kd: DistillConfig 
     result = two_step_prune(dense, data.train, steps1, args.prune_steps - steps1, r1=TWO_STEP_R1,
                             r2=target / TWO_STEP_R1, second="block", block_size=32, teacher=dense,
                             example_inputs=data.example, distill=kd if kd is not None else False,
-                            progress=args.progress, lr=args.lr, pruning={"lambda_f": args.lambda_f})
+                            progress=args.progress, lr=args.lr, pruning=pruning_options(args),
+                            descent=args.descent)
     blocks = sum(1 for n in result.model.graph.nodes if "block_sparse_linear" in str(n.target))
     notes = [f"step 1 heads + rows to {result.reports[0].remaining:.3f} ({steps1} steps), "
              f"step 2 32x32 blocks to {result.reports[1].remaining:.3f} of that ({args.prune_steps - steps1} steps); "
@@ -325,7 +331,8 @@ def report(results: dict, args, header: str) -> str:
         f"then trains {s['prune_steps']} steps (lr {s['lr']}, linear warm-up 10 % and decay, clipping 1.0, batch "
         f"{s['batch_size']}, max length {s['max_length']}, seed {s['seed']}) with distillation `{s['distill']}` "
         f"from the dense model, on {s['device']}; mlprune's regulariser lambda_f "
-        f"{s['lambda_f']:g}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
+        f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps"
+        f"{'' if s['output_rows'] else ', output rows of attention-output and FFN-output linears kept'}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
         f"FC2 of all layers) the model keeps; params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
         f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {args.repeats}, each "
         f"cell timed side by side with the dense model in one run (speed-up = dense ms / cell ms of that run; the "
@@ -422,6 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lambda-f", type=float, default=SETTING_DEFAULTS["lambda_f"],
                    help="LEAP regulariser strength of the mlprune methods (PruningConfig.lambda_f); a larger one "
                         "pulls a well-trained model closer to the target before the hold")
+    p.add_argument("--descent", type=float, default=SETTING_DEFAULTS["descent"],
+                   help="share of the mlprune methods' steps the regulariser drives the thresholds; the rest train "
+                        "at the fixed pruned size")
+    p.add_argument("--no-output-rows", dest="output_rows", action="store_false",
+                   help="mlprune methods keep every output row of the attention-output and FFN-output linears "
+                        "(PruningConfig.prune_output_rows=False): the budget goes to heads and FFN rows alone")
     p.add_argument("--distill", choices=["hidden", "logits", "none"], default="hidden",
                    help="distillation from the dense model, the same for every method")
     p.add_argument("--batch-size", type=int, default=32)
@@ -442,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if any(not 0 < t <= 1 for t in args.targets):
         p.error(f"--targets {args.targets}: each must lie in (0, 1]")
+    if not 0 < args.descent <= 1:
+        p.error(f"--descent {args.descent}: must lie in (0, 1]")
     if min(args.finetune_steps, args.prune_steps) < 1:
         p.error("--finetune-steps and --prune-steps must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():

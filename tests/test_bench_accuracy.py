@@ -57,3 +57,33 @@ def test_resume_reads_settings_added_later_as_their_defaults(tmp_path):
     assert bench_accuracy.load_results(path, args, same)["settings"] == old
     with pytest.raises(SystemExit, match="lambda_f"):
         bench_accuracy.load_results(path, args, {**same, "lambda_f": 2e5})
+    with pytest.raises(SystemExit, match="descent"):
+        bench_accuracy.load_results(path, args, {**same, "descent": 0.3})
+
+
+def test_mlprune_options_reach_prepare_and_train(tmp_path, monkeypatch):
+    seen = {}
+    prepare, train = bench_accuracy.mp.prepare, bench_accuracy.train
+
+    def spy_prepare(model, config=None, *a, **k):
+        if config is not None and config.target < 1:
+            seen["config"] = config
+        return prepare(model, config, *a, **k)
+
+    def spy_train(*a, **k):
+        seen.setdefault("descent", []).append(k.get("descent"))
+        return train(*a, **k)
+
+    monkeypatch.setattr(bench_accuracy.mp, "prepare", spy_prepare)
+    monkeypatch.setattr(bench_accuracy, "train", spy_train)
+    bench_accuracy.main(["--datasets", "rotten_tomatoes", "--targets", "0.5", "--methods", "mlprune", "--examples", "60",
+                         "--finetune-steps", "1", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
+                         "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1",
+                         "--no-progress", "--descent", "0.25", "--no-output-rows", "--lambda-f", "3e4",
+                         "--out", str(tmp_path)])
+    config = seen["config"]
+    assert not config.prune_output_rows and config.lambda_f == 3e4
+    assert seen["descent"][-1] == 0.25
+    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert settings["descent"] == 0.25 and settings["output_rows"] is False
+    assert "descent 0.25" in (tmp_path / "results.md").read_text()
