@@ -323,6 +323,7 @@ def dataset_table(name: str, entry: dict, targets: list[float], methods: list[st
 
 def report(results: dict, args, header: str) -> str:
     s = with_defaults(results["settings"])
+    kept_rows = ", output rows of the attention-output and FFN-output linears kept"
     parts = [
         "## Accuracy at equal remaining encoder weights", "",
         *(f"command: `{c}`" for c in results["commands"]), "",
@@ -331,9 +332,9 @@ def report(results: dict, args, header: str) -> str:
         f"then trains {s['prune_steps']} steps (lr {s['lr']}, linear warm-up 10 % and decay, clipping 1.0, batch "
         f"{s['batch_size']}, max length {s['max_length']}, seed {s['seed']}) with distillation `{s['distill']}` "
         f"from the dense model, on {s['device']}; mlprune's regulariser lambda_f "
-        f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps"
-        f"{'' if s['output_rows'] else ', output rows of attention-output and FFN-output linears kept'}. remaining: share of the encoder linear weights (Q, K, V, O, FC1, "
-        f"FC2 of all layers) the model keeps; params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
+        f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps{'' if s['output_rows'] else kept_rows}. "
+        f"remaining: share of the encoder linear weights (Q, K, V, O, FC1, FC2 of all layers) the model keeps; "
+        f"params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
         f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {args.repeats}, each "
         f"cell timed side by side with the dense model in one run (speed-up = dense ms / cell ms of that run; the "
         f"dense row shows the dense model's own run). training: wall time of pruning + training (the dense row: "
