@@ -1,7 +1,8 @@
 """MLPruning's two-step recipe in one call.
 
 step 1: heads + rows to r1, distilled from the dense model; convert, rounding kept rows
-        up to a multiple of the block size so step 2's blocks tile every matrix;
+        up to a multiple of the block size so step 2's blocks tile every matrix (the
+        added rows start at zero: the step-1 model is unchanged);
 step 2: blocks (or single weights) of every prunable matrix to r2 of what step 1 kept,
         distilled from the compacted step-1 model; convert.
 Overall about r1 * r2 of the dense model's prunable weights remain (0.5 * 0.4 = 20 %).

@@ -18,7 +18,8 @@ def _round_up_rows(mask: torch.Tensor, scores: torch.Tensor, multiple: int) -> t
     want = min(n, -(-k // multiple) * multiple)
     if want == k:
         return mask
-    order = torch.argsort(scores.detach().reshape(-1) - 1e9 * mask.reshape(-1), descending=True)
+    kept_first = torch.where(mask.reshape(-1) > 0, torch.inf, scores.detach().reshape(-1))
+    order = torch.argsort(kept_first, descending=True)
     rounded = torch.zeros_like(mask).reshape(-1)
     rounded[order[:want]] = 1.0
     return rounded.view_as(mask)
@@ -30,16 +31,18 @@ def freeze_masks(gm: fx.GraphModule, row_multiple: int = 1) -> fx.GraphModule:
     The binary masks are kept in the pruning state: the compaction passes read
     them to know which heads, rows and blocks are gone. `row_multiple` rounds the
     kept count of every row mask up (best scores first), so that a block step
-    that follows finds matrices whose sides its block size divides.
+    that follows finds matrices whose sides its block size divides; the rows it
+    adds are kept as zeros, so the model computes what the masked one did.
     """
     state = pruning_state(gm, "prepared")
     with torch.no_grad():
         modules = mask_modules(gm)
         masks = {k: m().detach().clone() for k, m in modules.items()}
+        kept = dict(masks)
         if row_multiple > 1:
             for key, module in modules.items():
                 if module.granularity == "row":
-                    masks[key] = _round_up_rows(masks[key], module.scores, row_multiple)
+                    kept[key] = _round_up_rows(masks[key], module.scores, row_multiple)
         for lm in state.linears:
             eff = _effective(lm, masks, state.config.block_size)
             w = get_tensor(gm, lm.site.weight)
@@ -64,6 +67,6 @@ def freeze_masks(gm: fx.GraphModule, row_multiple: int = 1) -> fx.GraphModule:
         if node.op == "call_module" and node.target.startswith(MASK_CONTAINER + ".") and not node.users:
             gm.graph.erase_node(node)
     delattr(gm, MASK_CONTAINER)
-    state.frozen = masks
+    state.frozen = kept
     state.stage = "frozen"
     return finish(gm)

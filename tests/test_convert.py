@@ -9,16 +9,16 @@ from mlprune_fx.passes.cleanup import cleanup
 from mlprune_fx.passes.compact_heads import compact_heads
 from mlprune_fx.passes.compact_rows import compact_rows
 from mlprune_fx.passes.freeze_masks import freeze_masks
-from mlprune_fx.state import MASK_CONTAINER
+from mlprune_fx.state import MASK_CONTAINER, mask_modules
 
 from conftest import ARCHITECTURES, example_inputs, logits_of, randomize_masks, tiny_model
 
 ATOL = 1e-4
 
 
-def _prepared(kind="bert", attn="sdpa", seed=0, all_pruned=(), **sizes):
+def _prepared(kind="bert", attn="sdpa", seed=0, all_pruned=(), keep=(0.2, 0.9), **sizes):
     prepared = mp.prepare(tiny_model(kind, attn, layers=3, **sizes), mp.PruningConfig(), example_inputs())
-    randomize_masks(prepared, seed=seed, all_pruned=all_pruned)
+    randomize_masks(prepared, seed=seed, keep=keep, all_pruned=all_pruned)
     return prepared.eval()
 
 
@@ -96,6 +96,20 @@ def test_compact_rows_without_compact_heads():
     prepared = _prepared("bert", seed=7)
     gm = cleanup(compact_rows(freeze_masks(copy.deepcopy(prepared))))
     _check_parity(prepared, gm)
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_rows_rounded_up_for_a_block_step_start_at_zero(multiple):
+    """convert(row_multiple) adds rows so block sizes divide every matrix; the added rows must
+    not bring back weights the masked model never used."""
+    prepared = _prepared("bert", "sdpa", seed=4, keep=(0.3, 0.45))
+    converted = mp.convert(prepared, row_multiple=multiple)
+    _check_parity(prepared, converted)
+    fc1 = [converted.get_parameter(f"bert.encoder.layer.{i}.intermediate.dense.weight") for i in range(3)]
+    kept = [int(m().sum()) for k, m in mask_modules(prepared).items() if k.endswith("intermediate_dense__rows")]
+    assert all(w.shape[0] % multiple == 0 for w in fc1)
+    assert any(w.shape[0] > k for w, k in zip(fc1, kept))  # some rows were added, and they are zero
+    assert sum(int((w.abs().sum(1) == 0).sum()) for w in fc1) == sum(w.shape[0] - k for w, k in zip(fc1, kept))
 
 
 def test_convert_leaves_the_prepared_model_trainable():
