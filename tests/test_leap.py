@@ -43,7 +43,7 @@ def test_penalty_and_adaptive_lambda(ratio, target):
     cfg = mp.PruningConfig(target=target, granularity=("head",))
     prepared = mp.prepare(tiny_model("bert", layers=1), cfg, example_inputs())
     _set(prepared, {"__heads": 0.999999})
-    rho0 = float(soft_remaining(prepared))  # attention at ~1, FFN unmasked
+    rho0 = float(soft_remaining(prepared).detach())  # attention at ~1, FFN unmasked
     # choose the head ratio so that rho == ratio: rho = (4a + 4) / 8
     a = 2 * ratio - 1 if ratio > 0.5 else 0.3
     _set(prepared, {"__heads": a})
