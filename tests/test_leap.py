@@ -47,14 +47,14 @@ def test_penalty_and_adaptive_lambda(ratio, target):
     # choose the head ratio so that rho == ratio: rho = (4a + 4) / 8
     a = 2 * ratio - 1 if ratio > 0.5 else 0.3
     _set(prepared, {"__heads": a})
-    rho = float(soft_remaining(prepared))
+    rho = float(soft_remaining(prepared).detach())
     assert rho0 > rho
     result = mp.penalty(prepared)
     R = max(rho - target, 0.0) ** 2
     lam = 10.0 if R < 3e-4 else max(20000 * R / (1 - target) ** 2, 50.0)
     assert result.distance == pytest.approx(R, rel=1e-4, abs=1e-9)
     assert result.lam == pytest.approx(lam, rel=1e-4)
-    assert float(result.loss) == pytest.approx(lam * R, rel=1e-4, abs=1e-9)
+    assert float(result.loss.detach()) == pytest.approx(lam * R, rel=1e-4, abs=1e-9)
 
 
 def test_regulariser_gradient_reaches_thresholds_through_the_sigmoid():
