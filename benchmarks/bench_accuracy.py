@@ -49,7 +49,7 @@ from mlprune_fx.data import batches, load_dataset, tokenize  # noqa: E402
 from mlprune_fx.distill import DistillConfig, enable_distillation_outputs  # noqa: E402
 from mlprune_fx.models import load_packaged_model  # noqa: E402
 from mlprune_fx.pipeline import drop_outputs, two_step_prune  # noqa: E402
-from mlprune_fx.training import ADJUST_WARNING, accuracy, describe_adjust, train  # noqa: E402
+from mlprune_fx.training import ADJUST_WARNING, DESCENT, accuracy, describe_adjust, train  # noqa: E402
 
 METHODS = ("mlprune", "mlprune_2step", "magnitude", "torch_pruning", "dense_more")
 DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
@@ -58,7 +58,8 @@ TWO_STEP_R1 = 0.5
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
                    "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows")
 # Settings added after results were first saved: what a file without them was made with.
-SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": 0.5, "output_rows": True}
+SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": DESCENT,
+                    "output_rows": mp.PruningConfig().prune_output_rows}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 
 from .distill import DistillConfig, KDLoss
 from .leap import penalty
-from .training import ThresholdHold, default_mask_lr, hard_remaining, hold_step, is_prepared, optimizer_groups
+from .training import DESCENT, ThresholdHold, default_mask_lr, hard_remaining, hold_step, is_prepared, optimizer_groups
 
 
 class _HoldCallback(TrainerCallback):
@@ -61,7 +61,7 @@ class LeapTrainer(Trainer):
         teacher: Callable | None = None,
         distill: DistillConfig | None = None,
         mask_lr: float | None = None,
-        descent: float | None = 0.5,
+        descent: float | None = DESCENT,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)

@@ -42,6 +42,7 @@ from .state import MASK_CONTAINER, mask_modules, pruning_state
 
 
 THRESHOLD_BETAS = (0.0, 0.999)
+DESCENT = 0.5  # share of the steps the regulariser drives the thresholds before the hold
 
 
 def optimizer_groups(
@@ -103,7 +104,7 @@ def is_prepared(model: nn.Module) -> bool:
     return isinstance(model, fx.GraphModule) and hasattr(model, MASK_CONTAINER)
 
 
-def default_mask_lr(prepared: nn.Module, steps: int, warmup: float = 0.1, descent: float = 0.5) -> float:
+def default_mask_lr(prepared: nn.Module, steps: int, warmup: float = 0.1, descent: float = DESCENT) -> float:
     """The mask learning rate that lets thresholds reach the target's level by mid-descent.
 
     Adam moves a parameter whose gradient keeps its sign by about its learning rate
@@ -307,7 +308,7 @@ def train(
     desc: str = "training",
     teacher: Callable | None = None,
     distill: DistillConfig | None = None,
-    descent: float | None = 0.5,
+    descent: float | None = DESCENT,
     weight_decay: float = 0.0,
     threshold_betas: tuple[float, float] | None = THRESHOLD_BETAS,
     log_every: int | None = None,
