@@ -56,7 +56,7 @@ DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
 TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
-                   "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows")
+                   "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows", "prune_seed")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": DESCENT,
                     "output_rows": mp.PruningConfig().prune_output_rows}
@@ -66,7 +66,7 @@ STRUCTURAL_TOLERANCE = 1e-4
 
 def with_defaults(settings: dict) -> dict:
     """Saved settings as they were in effect, the ones a file predates filled in."""
-    return {**SETTING_DEFAULTS, **settings}
+    return {**SETTING_DEFAULTS, "prune_seed": settings.get("seed"), **settings}
 
 
 def distill_config(kind: str) -> DistillConfig | None:
@@ -94,6 +94,11 @@ class Data:
         self.batch_size, self.seed, self.device = args.batch_size, args.seed, device
         first = next(iter(self.train(0)))
         self.example = {k: v.clone() for k, v in first.items()}  # fresh tensors: export guards on views
+
+    def reseed(self, seed: int) -> "Data":
+        """The same splits and tokens, shuffled by another seed (each method's run after the dense one)."""
+        self.seed = seed
+        return self
 
     def train(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         for b in batches(self.encoded, self.batch_size, shuffle=True, seed=self.seed + epoch):
@@ -325,13 +330,14 @@ def dataset_table(name: str, entry: dict, targets: list[float], methods: list[st
 def report(results: dict, args, header: str) -> str:
     s = with_defaults(results["settings"])
     kept_rows = ", output rows of the attention-output and FFN-output linears kept"
+    dense_seed = "" if s["prune_seed"] == s["seed"] else f"; splits and dense fine-tuning seed {s['seed']}"
     parts = [
         "## Accuracy at equal remaining encoder weights", "",
         *(f"command: `{c}`" for c in results["commands"]), "",
         "```", header, "```", "",
         f"Packaged MiniLM-L6 fine-tuned densely for {s['finetune_steps']} steps (lr {s['finetune_lr']}); each method "
         f"then trains {s['prune_steps']} steps (lr {s['lr']}, linear warm-up 10 % and decay, clipping 1.0, batch "
-        f"{s['batch_size']}, max length {s['max_length']}, seed {s['seed']}) with distillation `{s['distill']}` "
+        f"{s['batch_size']}, max length {s['max_length']}, seed {s['prune_seed']}{dense_seed}) with distillation `{s['distill']}` "
         f"from the dense model, on {s['device']}; mlprune's regulariser lambda_f "
         f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps{'' if s['output_rows'] else kept_rows}. "
         f"remaining: share of the encoder linear weights (Q, K, V, O, FC1, FC2 of all layers) the model keeps; "
@@ -394,7 +400,7 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
 def run_cell(method, target, dense, data: Data, args, kd, dense_session, feeds, tmp: Path, device) -> dict:
     if method == "mlprune_2step" and device.type != "cpu":
         raise RuntimeError("mlprune_2step lowers blocks to mlprune's CPU kernel; run it with --device cpu")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.prune_seed)
     started = time.time()
     model, info = RUNNERS[method](dense, target, data, args, kd)
     trained = time.time() - started
@@ -442,7 +448,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--examples", type=int, default=None, help="cap on examples per dataset (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the dense fine-tuning")
+    p.add_argument("--prune-seed", type=int, default=None,
+                   help="seed of every method's run (data order, initialisation; default --seed): runs that differ "
+                        "only here share one dense model (--dense-from), so their spread is the methods' own")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where training runs; ORT runs on CPU")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     p.add_argument("--torch-threads", type=int, default=None, help="torch threads on CPU (default: --threads)")
@@ -455,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="reuse the dense fine-tuned models of an earlier --out folder (same fine-tuning settings)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
+    if args.prune_seed is None:
+        args.prune_seed = args.seed
     if any(not 0 < t <= 1 for t in args.targets):
         p.error(f"--targets {args.targets}: each must lie in (0, 1]")
     if not 0 < args.descent <= 1:
@@ -486,6 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         entry = results["datasets"].get(name)
         dense, data, seconds = dense_model(name, args, device, args.out, entry)
+        data.reseed(args.prune_seed)
         with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp_dir:
             tmp = Path(tmp_dir)
             dense_session = export(deployable(dense, data.example), tmp / "dense.onnx", data.example, args.threads)

@@ -59,6 +59,11 @@ def test_resume_reads_settings_added_later_as_their_defaults(tmp_path):
         bench_accuracy.load_results(path, args, {**same, "lambda_f": 2e5})
     with pytest.raises(SystemExit, match="descent"):
         bench_accuracy.load_results(path, args, {**same, "descent": 0.3})
+    old_seed = {k: v for k, v in old.items() if k != "prune_seed"}
+    path.write_text(json.dumps({"settings": old_seed, "datasets": {}}))
+    assert bench_accuracy.load_results(path, args, same)["settings"] == old_seed  # prune_seed was the seed
+    with pytest.raises(SystemExit, match="prune_seed"):
+        bench_accuracy.load_results(path, args, {**same, "prune_seed": 2})
 
 
 def test_mlprune_options_reach_prepare_and_train(tmp_path, monkeypatch):
@@ -87,3 +92,29 @@ def test_mlprune_options_reach_prepare_and_train(tmp_path, monkeypatch):
     settings = json.loads((tmp_path / "results.json").read_text())["settings"]
     assert settings["descent"] == 0.25 and settings["output_rows"] is False
     assert "descent 0.25" in (tmp_path / "results.md").read_text()
+
+
+def test_prune_seed_reshuffles_the_methods_not_the_dense_model(tmp_path, monkeypatch):
+    first_batches = []
+    train = bench_accuracy.train
+
+    def spy_train(model, data, *a, **k):
+        first_batches.append(next(iter(data(0)))["input_ids"].clone())
+        return train(model, data, *a, **k)
+
+    monkeypatch.setattr(bench_accuracy, "train", spy_train)
+    argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "--methods", "magnitude", "--examples", "60",
+            "--finetune-steps", "1", "--prune-steps", "2", "--batch-size", "8", "--max-length", "16",
+            "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress"]
+    bench_accuracy.main(argv + ["--out", str(tmp_path / "a")])
+    dense_batch, seed0_batch = first_batches
+    assert bool((dense_batch == seed0_batch).all())  # by default the methods shuffle as the dense run did
+    bench_accuracy.main(argv + ["--prune-seed", "1", "--dense-from", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
+    assert len(first_batches) == 3 and not bool((first_batches[2] == seed0_batch).all())
+    a, b = (json.loads((tmp_path / x / "results.json").read_text()) for x in "ab")
+    dense_a, dense_b = (r["datasets"]["rotten_tomatoes"]["dense"] for r in (a, b))
+    assert (dense_a["test_acc"], dense_a["dev_acc"]) == (dense_b["test_acc"], dense_b["dev_acc"])
+    assert (a["settings"]["prune_seed"], b["settings"]["prune_seed"]) == (0, 1)
+    assert "seed 1" in (tmp_path / "b" / "results.md").read_text()
+    with pytest.raises(SystemExit, match="prune_seed"):
+        bench_accuracy.main(argv + ["--resume", "--out", str(tmp_path / "b")])
