@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/bench_kernel.py [--quick] [--threads 2] [--markdown PATH]
 Efficiency = (ONNX Runtime dense ms x density) / our ORT-op ms; the target is >= 0.8 for b = 32 and N >= 128
-(at density 0.2: at least 4x faster than dense ONNX Runtime).
+(at density 0.2: at least 4x faster than dense ONNX Runtime). For every row, dense ONNX Runtime, our op
+and our op on an empty matrix are timed side by side, their rounds interleaved.
 
 "ceiling" estimates the best efficiency a kernel could show in this measurement: a call of our op
 on an empty matrix (session call, custom-op overhead, thread-pool dispatch, writing Y) costs `empty`
@@ -39,25 +40,32 @@ QUICK = dict(shapes=[(768, 768), (3072, 768), (384, 1536)], rows=[128, 1024], de
 TARGET = 0.8
 
 
-def median_ms(fn, rounds=5, min_time=0.05, min_reps=7, max_reps=200, warmup=3, settle=0.05) -> float:
-    """Best of `rounds` medians of fn() wall time in ms, each over >= min_reps calls and >= min_time seconds.
+def median_ms(fns, rounds=5, min_time=0.05, min_reps=7, max_reps=200, warmup=3, settle=0.05):
+    """Best of `rounds` medians of wall time in ms, each over >= min_reps calls and >= min_time seconds.
 
-    The pause first lets the other runtime's pool (ORT, OpenMP) stop spinning: on two cores a spinning idle
+    `fns`: one callable (returns a float) or a dict of them (returns a dict). Several take turns round by
+    round, so a slow spell of the VM falls on all of them rather than on whichever ran then. Each turn
+    first pauses to let the other pools (ORT's, OpenMP's) stop spinning: on two cores a spinning idle
     pool steals the CPU from the one being measured. Best-of-medians filters bursts where the VM's vCPUs
     are descheduled by the host (seen here as calls stuck at multiples of 4 ms).
     """
-    time.sleep(settle)
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(rounds):
-        times, start = [], time.perf_counter()
-        while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time):
-            t0 = time.perf_counter()
+    named = fns if isinstance(fns, dict) else {"": fns}
+    for fn in named.values():
+        for _ in range(warmup):
             fn()
-            times.append(time.perf_counter() - t0)
-        best = min(best, statistics.median(times))
-    return best * 1e3
+    best = {name: float("inf") for name in named}
+    for _ in range(rounds):
+        for name, fn in named.items():
+            time.sleep(settle)
+            fn()  # after the pause: the pool's threads wake here, not in the timed calls
+            times, start = [], time.perf_counter()
+            while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            best[name] = min(best[name], statistics.median(times))
+    ms = {name: t * 1e3 for name, t in best.items()}
+    return ms if isinstance(fns, dict) else ms[""]
 
 
 def _model(nodes, inits, in_features, out_features):
@@ -133,13 +141,17 @@ def machine_info() -> list[str]:
     ]
 
 
-def _ort_ms(model: bytes, x: np.ndarray, out_features: int, threads: int, custom: bool, expected: torch.Tensor) -> float:
-    """Time one ORT session, then drop it: a live ORT pool next to torch's OpenMP pool on two cores
-    makes torch calls wait for a scheduler tick (measured: 8 ms per call), and vice versa."""
-    runner = OrtRunner(model, threads, custom).bind(x, out_features)
-    torch.testing.assert_close(torch.from_numpy(runner().copy()), expected, rtol=1e-3, atol=1e-3)
-    ms = median_ms(runner)
-    del runner
+def _ort_ms(models: dict[str, tuple[bytes, bool, torch.Tensor]], x: np.ndarray, out_features: int,
+            threads: int) -> dict[str, float]:
+    """Time ORT sessions side by side (name -> model, custom op?, expected Y), then drop them: a live ORT
+    pool next to torch's OpenMP pool on two cores makes torch calls wait for a scheduler tick (measured:
+    8 ms per call), and vice versa."""
+    runners = {}
+    for name, (model, custom, expected) in models.items():
+        runners[name] = OrtRunner(model, threads, custom).bind(x, out_features)
+        torch.testing.assert_close(torch.from_numpy(runners[name]().copy()), expected, rtol=1e-3, atol=1e-3)
+    ms = median_ms(runners)
+    del runners
     gc.collect()
     return ms
 
@@ -150,9 +162,8 @@ def bench_row(shape, rows, density, block, threads, cache, rng):
     if key not in cache:
         weight = torch.from_numpy(rng.standard_normal((out_f, in_f), dtype=np.float32))
         x = torch.from_numpy(rng.standard_normal((rows, in_f), dtype=np.float32))
-        ort_dense_ms = _ort_ms(dense_model(weight.numpy()), x.numpy(), out_f, threads, False, F.linear(x, weight))
-        cache[key] = (weight, x, ort_dense_ms, median_ms(lambda: F.linear(x, weight)))
-    weight, x, ort_dense_ms, torch_dense_ms = cache[key]
+        cache[key] = (weight, x, dense_model(weight.numpy()), F.linear(x, weight), median_ms(lambda: F.linear(x, weight)))
+    weight, x, dense_onnx, dense_y, torch_dense_ms = cache[key]
 
     rb, cb = out_f // block, in_f // block
     gen = torch.Generator().manual_seed(hash((shape, rows, density, block)) & 0xFFFF)
@@ -165,12 +176,10 @@ def bench_row(shape, rows, density, block, threads, cache, rng):
     w_masked = ops.unpack_blocks(packed)
     expected = F.linear(x, w_masked)
 
-    empty_key = (shape, rows, block)
-    if empty_key not in cache:
-        empty = ops.pack_blocks(weight, torch.zeros(rb, cb, dtype=torch.int32), block)
-        cache[empty_key] = _ort_ms(sparse_model(empty), x.numpy(), out_f, threads, True, torch.zeros(rows, out_f))
-    empty_ms = cache[empty_key]
-    ours_ort_ms = _ort_ms(sparse_model(packed), x.numpy(), out_f, threads, True, expected)
+    empty = ops.pack_blocks(weight, torch.zeros(rb, cb, dtype=torch.int32), block)
+    ort_ms = _ort_ms({"dense": (dense_onnx, False, dense_y), "ours": (sparse_model(packed), True, expected),
+                      "empty": (sparse_model(empty), True, torch.zeros(rows, out_f))}, x.numpy(), out_f, threads)
+    ort_dense_ms, ours_ort_ms, empty_ms = ort_ms["dense"], ort_ms["ours"], ort_ms["empty"]
     ours_torch = lambda: ops.block_sparse_linear(x, packed)  # noqa: E731
     torch.testing.assert_close(ours_torch(), expected, rtol=1e-3, atol=1e-3)
     ours_torch_ms = median_ms(ours_torch)
