@@ -43,7 +43,7 @@ TARGET = 0.8
 def median_ms(fns, rounds=5, min_time=0.05, min_reps=7, max_reps=200, warmup=3, settle=0.05):
     """Best of `rounds` medians of wall time in ms, each over >= min_reps calls and >= min_time seconds.
 
-    `fns`: one callable (returns a float) or a dict of them (returns a dict). Several take turns round by
+    `fns`: one callable (the result: its ms) or a dict of them (a dict of ms). Several take turns round by
     round, so a slow spell of the VM falls on all of them rather than on whichever ran then. Each turn
     first pauses to let the other pools (ORT's, OpenMP's) stop spinning: on two cores a spinning idle
     pool steals the CPU from the one being measured. Best-of-medians filters bursts where the VM's vCPUs
