@@ -95,10 +95,9 @@ class Data:
         first = next(iter(self.train(0)))
         self.example = {k: v.clone() for k, v in first.items()}  # fresh tensors: export guards on views
 
-    def reseed(self, seed: int) -> "Data":
+    def reseed(self, seed: int) -> None:
         """The same splits and tokens, shuffled by another seed (each method's run after the dense one)."""
         self.seed = seed
-        return self
 
     def train(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         for b in batches(self.encoded, self.batch_size, shuffle=True, seed=self.seed + epoch):
