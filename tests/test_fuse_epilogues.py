@@ -29,10 +29,14 @@ class Epilogues(torch.nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         mask = (torch.rand(2, 2, generator=g) < 0.7).int()
-        self.a = ops.BlockSparseLinear.from_dense(torch.randn(32, 32, generator=g), torch.randn(32, generator=g), mask, 16)
-        self.b = ops.BlockSparseLinear.from_dense(torch.randn(32, 32, generator=g), None, mask, 16)
-        self.c = ops.BlockSparseLinear.from_dense(torch.randn(32, 32, generator=g), None, mask, 16)
-        self.d = ops.BlockSparseLinear.from_dense(torch.randn(32, 32, generator=g), None, mask, 16)
+
+        def weight():  # scaled like nn.Linear's, so four layers deep the outputs stay O(1) and fp32 parity is fair
+            return torch.randn(32, 32, generator=g) / math.sqrt(32)
+
+        self.a = ops.BlockSparseLinear.from_dense(weight(), torch.randn(32, generator=g), mask, 16)
+        self.b = ops.BlockSparseLinear.from_dense(weight(), None, mask, 16)
+        self.c = ops.BlockSparseLinear.from_dense(weight(), None, mask, 16)
+        self.d = ops.BlockSparseLinear.from_dense(weight(), None, mask, 16)
         self.shift = torch.nn.Parameter(torch.randn(32, generator=g))
 
     def forward(self, x, r):
@@ -45,7 +49,8 @@ class Epilogues(torch.nn.Module):
 
 def test_folds_exact_gelu_and_same_shape_residuals_only():
     model = Epilogues()
-    x, r = torch.randn(5, 32), torch.randn(5, 32)
+    g = torch.Generator().manual_seed(1)
+    x, r = torch.randn(5, 32, generator=g), torch.randn(5, 32, generator=g)
     dyn = {"x": {0: torch.export.Dim.DYNAMIC}, "r": {0: torch.export.Dim.DYNAMIC}}
     gm = torch.export.export(model, (x, r), dynamic_shapes=dyn).module()
     expected = model(x, r)
@@ -54,7 +59,7 @@ def test_folds_exact_gelu_and_same_shape_residuals_only():
     assert fused == [("gelu", True), ("none", False), ("none", False), ("none", True)]
     assert _count(gm, torch.ops.aten.gelu.default) == 1  # the tanh one
     torch.testing.assert_close(gm(x, r), expected, rtol=1e-4, atol=1e-4)
-    x9, r9 = torch.randn(9, 32), torch.randn(9, 32)
+    x9, r9 = torch.randn(9, 32, generator=g), torch.randn(9, 32, generator=g)
     torch.testing.assert_close(gm(x9, r9), model(x9, r9), rtol=1e-4, atol=1e-4)
 
 
