@@ -117,7 +117,7 @@ def test_packed_x_path(isa, b, rb, cb, n_shape, threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_streaming_store_path(isa, b, rb, threads):
     """An output larger than a core's L2 (here 8 MB: 4100 x 512 / 640 floats) is written with
-    streaming stores on the AVX-512 path, and with a residual and this small a W (67 / 189 kept
+    streaming stores on the vector paths, and with a residual and this small a W (67 / 189 kept
     blocks) a task is one row tile across all row-blocks; 4100 rows end in a partial tile."""
     weight, mask, x, bvec = _case((4100,), rb, 12, b, 0.4, True, 11)
     packed = ops.pack_blocks(weight, mask, b)
