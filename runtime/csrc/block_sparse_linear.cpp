@@ -252,7 +252,7 @@ MLP_AVX2 void tile_avx2(const Tile& t) {
         const __m256 w1 = _mm256_loadu_ps(w + i * B + 8);
 #pragma GCC unroll 8
         for (int m = 0; m < M; ++m) {
-          const __m256 xb = _mm256_broadcast_ss(xc + m * ldx + i);
+          const __m256 xb = _mm256_set1_ps(xc[m * ldx + i]);  // a plain load ASan sees; still one vbroadcastss
           acc[m][0] = _mm256_fmadd_ps(xb, w0, acc[m][0]);
           acc[m][1] = _mm256_fmadd_ps(xb, w1, acc[m][1]);
         }

@@ -4,7 +4,8 @@
 // row_ptr, col_idx, bias or Y is caught by AddressSanitizer.
 //
 //   kernel_driver [cases] [seed]   fuzzed shapes on every ISA and part count; exit 0 when all match
-//   kernel_driver --canary         deliberately lies about in_features: ASan must report a read past X
+//   kernel_driver --canary         hands the kernel an X one float short: ASan must report a read past it
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -242,10 +243,16 @@ bool concurrent_plans(std::mt19937_64& rng) {
 int canary() {
   std::mt19937_64 rng(1);
   Case c;
-  do c = make_case(rng); while (c.rows < 2 || c.col_idx.empty());
-  std::vector<float> y(c.rows * c.out() * 2);
+  const auto reads_last_column = [](const Case& k) {
+    return std::find(k.col_idx.begin(), k.col_idx.end(), k.cb - 1) != k.col_idx.end();
+  };
+  do c = make_case(rng); while (c.rows < 2 || !reads_last_column(c));
+  std::vector<float> y(c.rows * c.out());
+  // X one float short: the last row's last kept column reads 4 bytes past the buffer, into ASan's
+  // redzone on every ISA path (a read far past it could land in unpoisoned memory and only crash).
+  const std::vector<float> short_x(c.x.begin(), c.x.end() - 1);
   BsrLinearArgs a = c.args(y.data());
-  a.in_features *= 2;  // X is only half that wide: the last row's reads run past the buffer
+  a.x = short_x.data();
   mlprune::Plan(a, 1).run_all();
   std::fprintf(stderr, "canary: the out-of-bounds read was NOT detected\n");
   return 3;
