@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -16,16 +15,15 @@ import bench_accuracy  # noqa: E402
 @pytest.fixture(autouse=True)
 def small_bert(monkeypatch):
     """The packaged tokenizer on a 2-layer, 64-wide BERT: the benchmark's plumbing, not MiniLM's cost."""
-    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from mlprune_fx.models import packaged_model_dir
 
     def load(num_labels=2, attn_implementation="sdpa"):
         config = AutoConfig.from_pretrained(packaged_model_dir(), num_labels=num_labels, num_hidden_layers=2,
                                             hidden_size=64, num_attention_heads=4, intermediate_size=128)
-        config._attn_implementation = attn_implementation
-        torch.manual_seed(0)
-        return BertForSequenceClassification(config), AutoTokenizer.from_pretrained(packaged_model_dir())
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
+        return model, AutoTokenizer.from_pretrained(packaged_model_dir())
 
     monkeypatch.setattr(bench_accuracy, "load_packaged_model", load)
 
