@@ -14,6 +14,7 @@ package com.github.asus4.onnxruntime@0.4.9 into that cache (never into the repos
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -198,12 +199,21 @@ def build(force: bool = False, ort_include: str | None = None, quiet: bool = Fal
     if not force and is_up_to_date(sanitize):
         _log(f"libraries in {out} up to date (use --force to rebuild)", quiet)
         return BuildResult(torch_lib, ort_lib, rebuilt=False)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers or ranks: one compiles, the rest wait
+        if not force and is_up_to_date(sanitize):
+            return BuildResult(torch_lib, ort_lib, rebuilt=False)
+        return _compile_and_link(out, ort_include, quiet, sanitize)
+
+
+def _compile_and_link(out: Path, ort_include: str | None, quiet: bool, sanitize: bool) -> BuildResult:
+    torch_lib, ort_lib = out / TORCH_LIB.name, out / ORT_LIB.name
     start = time.perf_counter()
     cxx = _compiler()
     include = find_ort_include(ort_include, quiet)
     _log(f"ONNX Runtime headers: {include} (API {_api_version(include)})", quiet)
     torch_cflags, torch_ldflags = _torch_flags()
-    out.mkdir(parents=True, exist_ok=True)
     obj = {name: out / f"{name}.o" for name in ("block_sparse_linear", "torch_op", "ort_op")}
     flags = [*CXXFLAGS, *SANITIZE_FLAGS] if sanitize else CXXFLAGS  # later -O wins
     link_flags = SANITIZE_FLAGS if sanitize else []
