@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: one per core by default, 0 runs in one process.
+TEST_WORKERS ?= auto
 
 .PHONY: demo test test-slow bench native clean
 
@@ -30,7 +32,7 @@ demo: $(VENV)/.assets native
 	$(PY) -m mlprune_fx.demo
 
 test: $(VENV)/.assets native
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.assets native
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)

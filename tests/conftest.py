@@ -26,6 +26,17 @@ from transformers import (  # noqa: E402
 VOCAB = 120
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, the cores are shared out among the workers: torch's default of one
+    thread per core in every worker oversubscribes them and thrashes."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the subprocesses some tests start
+        torch.set_num_threads(threads)
+
+
 def tiny_model(kind: str, attn: str = "sdpa", *, hidden=64, heads=4, inter=128, layers=2, seed=0):
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, attn_implementation=attn)
@@ -74,6 +85,25 @@ def randomize_masks(prepared, seed=0, keep=(0.2, 0.9), all_pruned=()):
             mask.threshold.fill_(float(torch.logit(torch.tensor(ratio))))
             if any(s in key for s in all_pruned):
                 mask.threshold.fill_(-1000.0)
+
+
+_CAPTURED: dict = {}
+
+
+def prepare_tiny(kind="bert", attn="sdpa", config=None, inputs=None, **model_kwargs):
+    """mp.prepare(tiny_model(...)): torch.export takes seconds a call, so each distinct capture runs
+    once per session and every caller gets its own deep copy. The global RNG is left untouched."""
+    import mlprune_fx as mp
+    from mlprune_fx.passes.graph_utils import copy_graph_module
+
+    config = mp.PruningConfig() if config is None else config
+    inputs = example_inputs() if inputs is None else inputs
+    key = (kind, attn, repr(config), tuple(sorted(model_kwargs.items())),
+           tuple((k, tuple(v.shape), v.dtype) for k, v in inputs.items()))
+    if key not in _CAPTURED:
+        with torch.random.fork_rng():
+            _CAPTURED[key] = mp.prepare(tiny_model(kind, attn, **model_kwargs), config, inputs)
+    return copy_graph_module(_CAPTURED[key])
 
 
 def logits_of(out):

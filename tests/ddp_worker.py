@@ -1,9 +1,11 @@
 """Worker for test_distributed.py: LEAP training of a prepared tiny BERT on 2 CPU processes (gloo).
 
-Run by torchrun. mode "loop": `training.train` on a DistributedDataParallel model;
-mode "trainer": `hf.LeapTrainer`, which lets Accelerate wrap the model. Each rank sees
-different batches; at the end the ranks gather their parameters and rank 0 writes
-whether they agree and where the remaining ratio ended.
+Run by torchrun with a comma-separated list of modes, each on its own freshly prepared model
+(one launch serves them all: starting the ranks costs more than a mode). Mode "loop":
+`training.train` on a DistributedDataParallel model; mode "trainer": `hf.LeapTrainer`, which
+lets Accelerate wrap the model. Each rank sees different batches; after each mode the ranks
+gather their parameters and rank 0 writes, per mode, whether they agree and where the
+remaining ratio ended.
 """
 
 import json
@@ -17,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mlprune_fx as mp  # noqa: E402
+from mlprune_fx.passes.graph_utils import copy_graph_module  # noqa: E402
 from mlprune_fx.state import mask_modules  # noqa: E402
 from mlprune_fx.training import train  # noqa: E402
 
@@ -66,18 +69,12 @@ def _gather_equal(t: torch.Tensor, world: int) -> bool:
     return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
 
-def main(mode: str, out_path: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-    example = example_inputs(batch=4, seq=10, seed=0)
-    example["labels"] = torch.zeros(4, dtype=torch.long)
-    prepared = mp.prepare(tiny_model("bert", layers=2, seed=rank), mp.PruningConfig(target=TARGET), example)
-    info = _loop(prepared, rank) if mode == "loop" else _trainer(prepared, rank, os.path.dirname(out_path))
+def _run(mode: str, captured, rank: int, world: int, out_dir: str) -> dict:
+    prepared = copy_graph_module(captured)
+    info = _loop(prepared, rank) if mode == "loop" else _trainer(prepared, rank, out_dir)
     params = torch.cat([p.detach().reshape(-1) for _, p in sorted(prepared.named_parameters())])
     masks = torch.cat([torch.cat([m.scores.detach().reshape(-1), m.threshold.detach().reshape(1)]) for m in mask_modules(prepared).values()])
-    result = {
+    return {
         "world": world,
         "params_identical": _gather_equal(params, world),
         "masks_identical": _gather_equal(masks, world),
@@ -86,9 +83,22 @@ def main(mode: str, out_path: str) -> None:
         "remaining": mp.sparsity_report(prepared).remaining,
         **info,
     }
+
+
+def main(modes: str, out_path: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    example = example_inputs(batch=4, seq=10, seed=0)
+    example["labels"] = torch.zeros(4, dtype=torch.long)
+    captured = mp.prepare(tiny_model("bert", layers=2, seed=rank), mp.PruningConfig(target=TARGET), example)
+    results = {}
+    for mode in modes.split(","):
+        torch.manual_seed(0)
+        results[mode] = _run(mode, captured, rank, world, os.path.join(os.path.dirname(out_path), mode))
     if rank == 0:
         with open(out_path, "w") as f:
-            json.dump(result, f)
+            json.dump(results, f)
     dist.barrier()
     dist.destroy_process_group()
 

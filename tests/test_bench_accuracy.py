@@ -28,12 +28,28 @@ def small_bert(monkeypatch):
     monkeypatch.setattr(bench_accuracy, "load_packaged_model", load)
 
 
-def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys):
+def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
+    """One run of every method, its resume, and a second seed on the reused dense model."""
+    seen = {"first_batches": [], "descent": []}
+    prepare, train = bench_accuracy.mp.prepare, bench_accuracy.train
+
+    def spy_prepare(model, config=None, *a, **k):
+        if config is not None and config.target < 1:
+            seen["config"] = config
+        return prepare(model, config, *a, **k)
+
+    def spy_train(model, data, *a, **k):
+        seen["first_batches"].append(next(iter(data(0)))["input_ids"].clone())
+        seen["descent"].append(k.get("descent"))
+        return train(model, data, *a, **k)
+
+    monkeypatch.setattr(bench_accuracy.mp, "prepare", spy_prepare)
+    monkeypatch.setattr(bench_accuracy, "train", spy_train)
     methods = ["mlprune", "magnitude"] + (["torch_pruning"] if importlib.util.find_spec("torch_pruning") else [])
     argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "1", "--methods", *methods, "dense_more", "--examples", "120",
             "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
             "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
-            "--out", str(tmp_path)]
+            "--descent", "0.25", "--no-output-rows", "--lambda-f", "3e4", "--out", str(tmp_path)]
     bench_accuracy.main(argv)
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["datasets"]["rotten_tomatoes"]
@@ -47,6 +63,15 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys):
     assert set(entry["cells"]) == {bench_accuracy.cell_key(m, 0.5) for m in methods} | {"dense_more@1"}
     table = (tmp_path / "results.md").read_text()
     assert all(method in table for method in methods + ["dense_more"])
+    # mlprune's options reached prepare and train, and the results record them
+    assert not seen["config"].prune_output_rows and seen["config"].lambda_f == 3e4
+    assert 0.25 in seen["descent"]
+    assert results["settings"]["descent"] == 0.25 and results["settings"]["output_rows"] is False
+    assert "descent 0.25" in table
+    # by default the methods shuffle as the dense run did
+    dense_batch = seen["first_batches"][0]
+    assert all(bool((b == dense_batch).all()) for b in seen["first_batches"][1:])
+
     capsys.readouterr()
     bench_accuracy.main(argv + ["--resume"])
     out = capsys.readouterr().out
@@ -55,13 +80,20 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys):
     reuse = tmp_path / "reuse"
     again = [a if a != str(tmp_path) else str(reuse) for a in argv]
     again[again.index("--methods") + 1: again.index("--examples")] = ["magnitude"]
-    bench_accuracy.main(again + ["--prune-steps", "2", "--dense-from", str(tmp_path)])
+    seen["first_batches"].clear()
+    bench_accuracy.main(again + ["--prune-steps", "2", "--prune-seed", "1", "--dense-from", str(tmp_path)])
     assert "dense model loaded from" in capsys.readouterr().out
-    reused = json.loads((reuse / "results.json").read_text())["datasets"]["rotten_tomatoes"]
-    assert reused["dense"]["test_acc"] == entry["dense"]["test_acc"]
+    assert len(seen["first_batches"]) == 1 and not bool((seen["first_batches"][0] == dense_batch).all())
+    reused_results = json.loads((reuse / "results.json").read_text())
+    reused = reused_results["datasets"]["rotten_tomatoes"]
+    assert (reused["dense"]["test_acc"], reused["dense"]["dev_acc"]) == (entry["dense"]["test_acc"], entry["dense"]["dev_acc"])
+    assert (results["settings"]["prune_seed"], reused_results["settings"]["prune_seed"]) == (0, 1)
+    assert "seed 1" in (reuse / "results.md").read_text()
     assert (reuse / "dense_rotten_tomatoes.pt").exists()
     with pytest.raises(SystemExit, match="other settings"):
         bench_accuracy.main(again + ["--finetune-steps", "3", "--dense-from", str(tmp_path), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="prune_seed"):
+        bench_accuracy.main(again + ["--prune-steps", "2", "--resume"])
 
 
 def test_resume_reads_settings_added_later_as_their_defaults(tmp_path):
@@ -80,57 +112,3 @@ def test_resume_reads_settings_added_later_as_their_defaults(tmp_path):
     assert bench_accuracy.load_results(path, args, same)["settings"] == old_seed  # prune_seed was the seed
     with pytest.raises(SystemExit, match="prune_seed"):
         bench_accuracy.load_results(path, args, {**same, "prune_seed": 2})
-
-
-def test_mlprune_options_reach_prepare_and_train(tmp_path, monkeypatch):
-    seen = {}
-    prepare, train = bench_accuracy.mp.prepare, bench_accuracy.train
-
-    def spy_prepare(model, config=None, *a, **k):
-        if config is not None and config.target < 1:
-            seen["config"] = config
-        return prepare(model, config, *a, **k)
-
-    def spy_train(*a, **k):
-        seen.setdefault("descent", []).append(k.get("descent"))
-        return train(*a, **k)
-
-    monkeypatch.setattr(bench_accuracy.mp, "prepare", spy_prepare)
-    monkeypatch.setattr(bench_accuracy, "train", spy_train)
-    bench_accuracy.main(["--datasets", "rotten_tomatoes", "--targets", "0.5", "--methods", "mlprune", "--examples", "60",
-                         "--finetune-steps", "1", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
-                         "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1",
-                         "--no-progress", "--descent", "0.25", "--no-output-rows", "--lambda-f", "3e4",
-                         "--out", str(tmp_path)])
-    config = seen["config"]
-    assert not config.prune_output_rows and config.lambda_f == 3e4
-    assert seen["descent"][-1] == 0.25
-    settings = json.loads((tmp_path / "results.json").read_text())["settings"]
-    assert settings["descent"] == 0.25 and settings["output_rows"] is False
-    assert "descent 0.25" in (tmp_path / "results.md").read_text()
-
-
-def test_prune_seed_reshuffles_the_methods_not_the_dense_model(tmp_path, monkeypatch):
-    first_batches = []
-    train = bench_accuracy.train
-
-    def spy_train(model, data, *a, **k):
-        first_batches.append(next(iter(data(0)))["input_ids"].clone())
-        return train(model, data, *a, **k)
-
-    monkeypatch.setattr(bench_accuracy, "train", spy_train)
-    argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "--methods", "magnitude", "--examples", "60",
-            "--finetune-steps", "1", "--prune-steps", "2", "--batch-size", "8", "--max-length", "16",
-            "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress"]
-    bench_accuracy.main(argv + ["--out", str(tmp_path / "a")])
-    dense_batch, seed0_batch = first_batches
-    assert bool((dense_batch == seed0_batch).all())  # by default the methods shuffle as the dense run did
-    bench_accuracy.main(argv + ["--prune-seed", "1", "--dense-from", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
-    assert len(first_batches) == 3 and not bool((first_batches[2] == seed0_batch).all())
-    a, b = (json.loads((tmp_path / x / "results.json").read_text()) for x in "ab")
-    dense_a, dense_b = (r["datasets"]["rotten_tomatoes"]["dense"] for r in (a, b))
-    assert (dense_a["test_acc"], dense_a["dev_acc"]) == (dense_b["test_acc"], dense_b["dev_acc"])
-    assert (a["settings"]["prune_seed"], b["settings"]["prune_seed"]) == (0, 1)
-    assert "seed 1" in (tmp_path / "b" / "results.md").read_text()
-    with pytest.raises(SystemExit, match="prune_seed"):
-        bench_accuracy.main(argv + ["--resume", "--out", str(tmp_path / "b")])

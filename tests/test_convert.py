@@ -11,13 +11,13 @@ from mlprune_fx.passes.compact_rows import compact_rows
 from mlprune_fx.passes.freeze_masks import freeze_masks
 from mlprune_fx.state import MASK_CONTAINER, mask_modules
 
-from conftest import ARCHITECTURES, example_inputs, logits_of, randomize_masks, tiny_model
+from conftest import ARCHITECTURES, example_inputs, logits_of, prepare_tiny, randomize_masks, tiny_model
 
 ATOL = 1e-4
 
 
 def _prepared(kind="bert", attn="sdpa", seed=0, all_pruned=(), keep=(0.2, 0.9), **sizes):
-    prepared = mp.prepare(tiny_model(kind, attn, layers=3, **sizes), mp.PruningConfig(), example_inputs())
+    prepared = prepare_tiny(kind, attn, layers=3, **sizes)
     randomize_masks(prepared, seed=seed, keep=keep, all_pruned=all_pruned)
     return prepared.eval()
 

@@ -12,10 +12,10 @@ import pytest
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _torchrun(mode: str, out: Path, timeout: int = 180) -> dict:
+def _torchrun(modes: str, out: Path, timeout: int = 240) -> dict:
     """torchrun in its own session, so that a hang kills the workers too, not only the launcher."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), mode, str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), modes, str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -27,9 +27,15 @@ def _torchrun(mode: str, out: Path, timeout: int = 180) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Both modes from one launch of two ranks."""
+    return _torchrun("loop,trainer", tmp_path_factory.mktemp("ddp") / "result.json")
+
+
 @pytest.mark.parametrize("mode", ["loop", "trainer"])
-def test_two_ranks_share_masks_and_reach_the_target(mode, tmp_path):
-    result = _torchrun(mode, tmp_path / "result.json")
+def test_two_ranks_share_masks_and_reach_the_target(mode, results):
+    result = results[mode]
     assert result["world"] == 2
     assert result["params_identical"] and result["masks_identical"]
     assert result["masks_moved"]

@@ -6,11 +6,11 @@ import torch
 
 import mlprune_fx as mp
 
-from conftest import example_inputs, logits_of, randomize_masks, tiny_model
+from conftest import example_inputs, logits_of, prepare_tiny, randomize_masks
 
 
 def _converted(kind, attn, all_pruned=()):
-    prepared = mp.prepare(tiny_model(kind, attn, layers=2), mp.PruningConfig(), example_inputs())
+    prepared = prepare_tiny(kind, attn, layers=2)
     randomize_masks(prepared, seed=11, all_pruned=all_pruned)
     prepared.eval()
     return prepared, mp.convert(prepared)
@@ -40,7 +40,7 @@ def test_skip_layernorm_fusion_is_off_unless_asked(tmp_path, fuse):
     import onnx
     import onnxruntime as ort
 
-    converted = mp.convert(mp.prepare(tiny_model("bert", layers=1), mp.PruningConfig(), example_inputs()))
+    converted = mp.convert(prepare_tiny("bert", layers=1))
     path = mp.export_onnx(converted, tmp_path / "model.onnx", example_inputs())
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")

@@ -9,11 +9,11 @@ import mlprune_fx as mp
 from mlprune_fx.passes.fuse_attention import fuse_attention
 from mlprune_fx.passes.graph_utils import get_tensor
 
-from conftest import example_inputs, logits_of, randomize_masks, tiny_model
+from conftest import example_inputs, logits_of, prepare_tiny, randomize_masks
 
 
 def _converted(kind="bert", attn="sdpa", seed=5):
-    prepared = mp.prepare(tiny_model(kind, attn, layers=2), mp.PruningConfig(), example_inputs())
+    prepared = prepare_tiny(kind, attn, layers=2)
     randomize_masks(prepared, seed=seed)
     return mp.convert(prepared.eval())
 

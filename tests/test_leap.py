@@ -7,7 +7,7 @@ import mlprune_fx as mp
 from mlprune_fx.leap import soft_remaining
 from mlprune_fx.state import mask_modules
 
-from conftest import example_inputs, tiny_model
+from conftest import example_inputs, prepare_tiny, tiny_model
 
 
 def _set(prepared, ratios: dict[str, float]):
@@ -21,7 +21,7 @@ def _set(prepared, ratios: dict[str, float]):
 
 def test_rho_is_mlprunings_formula_with_real_matrix_sizes():
     # hidden 64, intermediate 128: Q, K, V, O are 1 unit (64x64) each, FC1 and FC2 2 units
-    prepared = mp.prepare(tiny_model("bert", layers=2), mp.PruningConfig(), example_inputs())
+    prepared = prepare_tiny("bert", layers=2)
     a, o, f1, f2 = 0.5, 0.75, 0.25, 0.6
     _set(prepared, {"attention__heads": a, "attention_output_dense__rows": o, "intermediate_dense__rows": f1, "output_dense__rows": f2})
     # "output_dense__rows" also matches O's key; set O again after
@@ -31,7 +31,7 @@ def test_rho_is_mlprunings_formula_with_real_matrix_sizes():
 
 
 def test_keep_ratios_are_floored_at_one_over_n():
-    prepared = mp.prepare(tiny_model("bert", layers=1), mp.PruningConfig(granularity=("head",)), example_inputs())
+    prepared = prepare_tiny("bert", config=mp.PruningConfig(granularity=("head",)), layers=1)
     _set(prepared, {"__heads": 1e-30})
     # 4 heads: a = 1/4 floor; Q, K, V scale by a, O columns by a: every matrix at 1/4 (FFN not masked)
     expected = (4 * 0.25 + 4) / 8
@@ -41,7 +41,7 @@ def test_keep_ratios_are_floored_at_one_over_n():
 @pytest.mark.parametrize("ratio, target", [(0.9, 0.5), (0.52, 0.5), (0.4, 0.5), (0.95, 0.2)])
 def test_penalty_and_adaptive_lambda(ratio, target):
     cfg = mp.PruningConfig(target=target, granularity=("head",))
-    prepared = mp.prepare(tiny_model("bert", layers=1), cfg, example_inputs())
+    prepared = prepare_tiny("bert", config=cfg, layers=1)
     _set(prepared, {"__heads": 0.999999})
     rho0 = float(soft_remaining(prepared).detach())  # attention at ~1, FFN unmasked
     # choose the head ratio so that rho == ratio: rho = (4a + 4) / 8
@@ -59,7 +59,7 @@ def test_penalty_and_adaptive_lambda(ratio, target):
 
 def test_regulariser_gradient_reaches_thresholds_through_the_sigmoid():
     cfg = mp.PruningConfig(target=0.2, granularity=("head",))
-    prepared = mp.prepare(tiny_model("bert", layers=1), cfg, example_inputs())
+    prepared = prepare_tiny("bert", config=cfg, layers=1)
     _set(prepared, {"__heads": 0.8})
     mask = next(iter(mask_modules(prepared).values()))
     loss = mp.regularization(prepared)
@@ -74,14 +74,14 @@ def test_regulariser_gradient_reaches_thresholds_through_the_sigmoid():
 
 
 def test_penalty_is_zero_below_target():
-    prepared = mp.prepare(tiny_model("bert", layers=1), mp.PruningConfig(target=0.9), example_inputs())
+    prepared = prepare_tiny("bert", config=mp.PruningConfig(target=0.9), layers=1)
     _set(prepared, {"__rows": 0.3, "__heads": 0.3})
     result = mp.penalty(prepared)
     assert float(result.loss.detach()) == 0 and result.lam == 10.0
 
 
 def test_report_counts_kept_weights_and_overall_ratio():
-    prepared = mp.prepare(tiny_model("bert", layers=1), mp.PruningConfig(granularity=("head", "row"), prune_output_rows=False), example_inputs())
+    prepared = prepare_tiny("bert", config=mp.PruningConfig(granularity=("head", "row"), prune_output_rows=False), layers=1)
     _set(prepared, {"__heads": 0.5, "__rows": 0.25})
     report = mp.sparsity_report(prepared)
     by_name = {m.weight.split(".")[-3] + "." + m.weight.split(".")[-2]: m for m in report.matrices}

@@ -7,7 +7,7 @@ import mlprune_fx as mp
 from mlprune_fx.passes.lower_blocks import DEFAULT_MAX_DENSITY, block_mask_of
 from mlprune_fx.state import mask_modules, pruning_state
 
-from conftest import example_inputs, logits_of, randomize_masks, tiny_model
+from conftest import example_inputs, logits_of, prepare_tiny, randomize_masks, tiny_model
 
 pytestmark = pytest.mark.usefixtures("native_library")
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("native_library")
 
 def _prepared(granularity, seed=0, keep=(0.2, 0.45), block=16, **sizes):
     cfg = mp.PruningConfig(granularity=granularity, block_size=block)
-    prepared = mp.prepare(tiny_model("bert", layers=2, **sizes), cfg, example_inputs())
+    prepared = prepare_tiny("bert", config=cfg, layers=2, **sizes)
     randomize_masks(prepared, seed=seed, keep=keep)
     return prepared.eval()
 

@@ -11,7 +11,7 @@ from mlprune_fx.pipeline import drop_outputs, two_step_prune
 from mlprune_fx.state import mask_modules
 from mlprune_fx.training import ThresholdHold, default_mask_lr, hard_remaining, scaled_ratios, schedule_factor, train
 
-from conftest import example_inputs, randomize_masks, tiny_model
+from conftest import example_inputs, prepare_tiny, randomize_masks, tiny_model
 
 # one layer of the tiny BERT: Q, K, V, O are 64x64, FC1 128x64, FC2 64x128
 ATT, FFN = 64 * 64, 128 * 64
@@ -27,7 +27,7 @@ def _batch(seed=1, batch=4):
 
 def _prepared(granularity, target=0.2, layers=1, **kw):
     cfg = mp.PruningConfig(target=target, granularity=granularity, block_size=16, **kw)
-    return mp.prepare(tiny_model("bert", layers=layers), cfg, _batch())
+    return prepare_tiny("bert", config=cfg, inputs=_batch(), layers=layers)
 
 
 def _set(prepared, ratio_of):

@@ -7,7 +7,7 @@ import mlprune_fx as mp
 from mlprune_fx.state import mask_modules
 from mlprune_fx.training import train
 
-from conftest import example_inputs, tiny_model
+from conftest import example_inputs, prepare_tiny, tiny_model
 
 STEPS = 10
 
@@ -23,7 +23,7 @@ def _batches():
 def _fresh():
     torch.manual_seed(0)
     cfg = mp.PruningConfig(target=0.4, initial_threshold=2.0)
-    return mp.prepare(tiny_model("bert", layers=2), cfg, _batches()[0])
+    return prepare_tiny("bert", config=cfg, inputs=_batches()[0], layers=2)
 
 
 class _Interrupt(Exception):
