@@ -203,6 +203,7 @@ def build(force: bool = False, ort_include: str | None = None, quiet: bool = Fal
     with open(out / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers or ranks: one compiles, the rest wait
         if not force and is_up_to_date(sanitize):
+            _log(f"libraries in {out} built meanwhile by another process", quiet)
             return BuildResult(torch_lib, ort_lib, rebuilt=False)
         return _compile_and_link(out, ort_include, quiet, sanitize)
 
