@@ -1,7 +1,7 @@
 """Worker for test_distributed.py: LEAP training of a prepared tiny BERT on 2 CPU processes (gloo).
 
-Run by torchrun with a comma-separated list of modes, each on its own freshly prepared model
-(one launch serves them all: starting the ranks costs more than a mode). Mode "loop":
+Run by torchrun with a comma-separated list of modes, each on its own copy of one prepared model
+(one launch and one capture serve them all: starting the ranks costs more than a mode). Mode "loop":
 `training.train` on a DistributedDataParallel model; mode "trainer": `hf.LeapTrainer`, which
 lets Accelerate wrap the model. Each rank sees different batches; after each mode the ranks
 gather their parameters and rank 0 writes, per mode, whether they agree and where the
