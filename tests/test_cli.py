@@ -48,7 +48,7 @@ def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
     assert (r / "dense" / "config.json").exists() and json.loads((r / "data.json").read_text())["text_column"] == "review"
     assert run("prune", "--run", r, "--steps", "6", "--batch-size", "8", "--target", "0.5", "--quiet") == 0
     prune = json.loads((r / "prune.json").read_text())
-    assert abs(prune["remaining"] - 0.5) < 0.1
+    assert abs(prune["remaining"] - 0.5) < 0.1 and prune["group_by_length"] is True
     assert run("convert", "--run", r) == 0
     assert run("export", "--run", r) == 0
     assert (r / "model.onnx").exists() and (r / "dense.onnx").exists()
@@ -110,9 +110,10 @@ def test_prune_from_a_config_file_with_blocks(tmp_path, tiny_hf, tiny_csv):
     config = tmp_path / "prune.json"
     config.write_text(json.dumps({"target": 0.6, "granularity": ["head", "row", "block"], "block_size": 16, "steps": 4}))
     args = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
-    assert run("prune", "--run", r, "--model", tiny_hf, "--config", config, "--batch-size", "8", *args) == 0
+    assert run("prune", "--run", r, "--model", tiny_hf, "--config", config, "--batch-size", "8", "--no-group-by-length", *args) == 0
     saved = json.loads((r / "prune.json").read_text())
     assert saved["config"]["granularity"] == ["head", "row", "block"] and saved["steps"] == 4
+    assert saved["group_by_length"] is False
 
 
 @pytest.mark.parametrize(

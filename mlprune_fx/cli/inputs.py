@@ -64,18 +64,19 @@ def encoded(splits: DataSplits, tokenizer, spec: DataSpec) -> dict[str, dict[str
     return {name: tokenize(getattr(splits, name), tokenizer, max_length=spec.max_length) for name in ("train", "dev", "test")}
 
 
-def batch_source(enc: dict[str, torch.Tensor], batch_size: int, seed: int, device: str):
+def batch_source(enc: dict[str, torch.Tensor], batch_size: int, seed: int, device: str, group_by_length: bool = True):
     """epoch -> shuffled batches on `device` (what training.train takes)."""
 
     def epoch(i: int):
-        for batch in batches(enc, batch_size, shuffle=True, seed=seed + i):
+        for batch in batches(enc, batch_size, shuffle=True, seed=seed + i, group_by_length=group_by_length):
             yield {k: v.to(device) for k, v in batch.items()}
 
     return epoch
 
 
 def eval_batches(enc: dict[str, torch.Tensor], batch_size: int = 64, device: str = "cpu") -> list[dict[str, torch.Tensor]]:
-    return [{k: v.to(device) for k, v in b.items()} for b in batches(enc, batch_size, shuffle=False)]
+    """Batches for scoring, grouped by length (accuracy does not depend on the order)."""
+    return [{k: v.to(device) for k, v in b.items()} for b in batches(enc, batch_size, shuffle=False, group_by_length=True)]
 
 
 def check_device(device: str) -> str:

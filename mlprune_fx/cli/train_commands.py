@@ -38,12 +38,12 @@ def finetune(args: argparse.Namespace) -> None:
     enc = encoded(splits, tokenizer, spec)
     print(f"fine-tuning {args.model or 'the packaged MiniLM'} on {spec.source}: {len(splits.train)} train examples, {args.steps} steps")
     log = train(
-        model, batch_source(enc["train"], args.batch_size, spec.seed, device), args.steps, lr=args.lr,
+        model, batch_source(enc["train"], args.batch_size, spec.seed, device, args.group_by_length), args.steps, lr=args.lr,
         progress=not args.quiet, desc="fine-tune", **_checkpointing(args, run, "finetune"),
     )
     result = {
         "model": args.model or "packaged all-MiniLM-L6-v2",
-        "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+        "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "group_by_length": args.group_by_length,
         "dev_accuracy": accuracy(model, eval_batches(enc["dev"], device=device)),
         "test_accuracy": accuracy(model, eval_batches(enc["test"], device=device)),
         "log": {"steps": log.steps, "loss": log.loss},
@@ -91,7 +91,7 @@ def prune(args: argparse.Namespace) -> None:
     torch.manual_seed(spec.seed)
     model, tokenizer = load_hf(source, num_labels=len(splits.label_names), device=device)
     enc = encoded(splits, tokenizer, spec)
-    data = batch_source(enc["train"], args.batch_size, spec.seed, device)
+    data = batch_source(enc["train"], args.batch_size, spec.seed, device, args.group_by_length)
     example = next(iter(data(0)))
     cfg, settings = _pruning_config(args)
     steps = int(settings.get("steps", args.steps))
@@ -123,5 +123,6 @@ def prune(args: argparse.Namespace) -> None:
         record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "logs": [_log_dict(log)]}
         print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
     record["remaining"] = report.remaining
+    record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
     record["dev_accuracy"] = None
     run.write("prune", record)
