@@ -94,6 +94,23 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
         bench_accuracy.main(again + ["--finetune-steps", "3", "--dense-from", str(tmp_path), "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="prune_seed"):
         bench_accuracy.main(again + ["--prune-steps", "2", "--resume"])
+    with pytest.raises(SystemExit, match="group_by_length"):
+        bench_accuracy.main(again + ["--group-by-length", "--dense-from", str(tmp_path), "--out", str(tmp_path / "y")])
+
+
+def test_group_by_length_batches_with_less_padding():
+    from transformers import AutoTokenizer
+
+    from mlprune_fx.data import load_dataset
+    from mlprune_fx.models import packaged_model_dir
+
+    splits, tokenizer = load_dataset("rotten_tomatoes", max_examples=200), AutoTokenizer.from_pretrained(packaged_model_dir())
+    fed = {}
+    for flag in ([], ["--group-by-length"]):
+        args = bench_accuracy.parse_args(["--out", "unused", "--methods", "mlprune", "--batch-size", "8", *flag])
+        data = bench_accuracy.Data(splits, args, tokenizer, bench_accuracy.torch.device("cpu"))
+        fed[bool(flag)] = sum(b["input_ids"].numel() for b in data.train(0))
+    assert fed[True] < 0.8 * fed[False]
 
 
 def test_resume_reads_settings_added_later_as_their_defaults(tmp_path):
