@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, ...) and steps / lr / mask_lr")
     p.add_argument("--steps", type=int, default=600)
     _batching(p)
-    p.add_argument("--lr", type=float, default=3e-5, help="learning rate of the weights")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="learning rate of the weights (default 1e-4: pruning needs more recovery than fine-tuning; "
+                   "see BENCHMARKS.md, 'The prune command's learning rate')")
     p.add_argument("--mask-lr", type=float, help="learning rate of scores and thresholds (default: derived from --steps)")
     p.add_argument("--distill", action="store_true", help="distil from the dense model (KL on logits, hidden-state MSE)")
     p.add_argument("--two-step", action="store_true", help="heads+rows to --r1, then blocks to --r2 of what is left")
