@@ -401,27 +401,25 @@ def batches(encoded: dict[str, torch.Tensor], batch_size: int, shuffle: bool,
     if group_by_length and "attention_mask" in encoded and order:
         lengths = encoded["attention_mask"].sum(1).tolist()
         if not shuffle:
-            return _batches(encoded, sorted(order, key=lengths.__getitem__), batch_size)
+            return _batches(encoded, _cut(sorted(order, key=lengths.__getitem__), batch_size))
         chunk = batch_size * _GROUP_CHUNK
-        groups = []
-        for start in range(0, len(order), chunk):
-            part = sorted(order[start:start + chunk], key=lengths.__getitem__)
-            groups += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-        full = [g for g in groups if len(g) == batch_size]
+        groups = [g for start in range(0, len(order), chunk)
+                  for g in _cut(sorted(order[start:start + chunk], key=lengths.__getitem__), batch_size)]
+        tail = groups[-1:] if len(groups[-1]) < batch_size else []  # only the last chunk can end short
+        full = groups[:len(groups) - len(tail)]
         rng.shuffle(full)
-        return _grouped(encoded, full + [g for g in groups if len(g) < batch_size])  # a short batch last, as without grouping
-    return _batches(encoded, order, batch_size)
+        return _batches(encoded, full + tail)  # a short batch last, as without grouping
+    return _batches(encoded, _cut(order, batch_size))
 
 
-def _grouped(encoded: dict[str, torch.Tensor], groups: list[list[int]]) -> Iterator[dict[str, torch.Tensor]]:
-    for g in groups:
-        yield from _batches(encoded, g, len(g))
+def _cut(order: list[int], size: int) -> list[list[int]]:
+    return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def _batches(encoded: dict[str, torch.Tensor], order: list[int],
-             batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    for start in range(0, len(order), batch_size):
-        idx = torch.tensor(order[start:start + batch_size])
+def _batches(encoded: dict[str, torch.Tensor], groups: list[list[int]]) -> Iterator[dict[str, torch.Tensor]]:
+    """One batch per group of example indices."""
+    for group in groups:
+        idx = torch.tensor(group)
         batch = {k: v[idx] for k, v in encoded.items()}
         mask = batch.get("attention_mask")
         if mask is not None and mask.dim() == 2 and bool(mask.any()):
