@@ -348,11 +348,18 @@ struct TileTable {
   TileFn packed[2][kMaxMr + 1] = {};
 };
 
+// AVX2 runs b = 32 as tile_avx2_wide, which rows_per_tile keeps at <= 3 rows.
+template <int B, int M>
+constexpr TileFn avx2_tile() {
+  if constexpr (B == 32 && M <= 3) return &tile_avx2_wide<M>;
+  else return &tile_avx2<B, M>;
+}
+
 template <int B, int... Ms>
 void fill(TileFn (&s)[kMaxMr + 1], TileFn (&a2)[kMaxMr + 1], TileFn (&a5)[kMaxMr + 1],
           TileFn (&p5)[kMaxMr + 1], std::integer_sequence<int, Ms...>) {
   ((s[Ms + 1] = &tile_scalar<B, Ms + 1>), ...);
-  ((a2[Ms + 1] = &tile_avx2<B, Ms + 1>), ...);
+  ((a2[Ms + 1] = avx2_tile<B, Ms + 1>()), ...);
   ((a5[Ms + 1] = &tile_avx512<B, Ms + 1, false>), ...);
   ((p5[Ms + 1] = &tile_avx512<B, Ms + 1, true>), ...);
 }
@@ -363,9 +370,6 @@ const TileTable& tiles() {
     const auto seq = std::make_integer_sequence<int, kMaxMr>{};
     fill<16>(t.fn[0][0], t.fn[1][0], t.fn[2][0], t.packed[0], seq);
     fill<32>(t.fn[0][1], t.fn[1][1], t.fn[2][1], t.packed[1], seq);
-    t.fn[1][1][1] = &tile_avx2_wide<1>;
-    t.fn[1][1][2] = &tile_avx2_wide<2>;
-    t.fn[1][1][3] = &tile_avx2_wide<3>;
     return t;
   }();
   return table;
