@@ -74,6 +74,8 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
             cfg[key] = flag
     if args.granularity:
         cfg["granularity"] = tuple(args.granularity)
+    if args.keep_output_rows:
+        cfg["prune_output_rows"] = False
     try:
         return PruningConfig(**cfg), rest
     except (MLPruneError, TypeError) as exc:
