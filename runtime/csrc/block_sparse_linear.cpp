@@ -42,6 +42,7 @@ constexpr int kMaxMr = 12;
 constexpr int kPackRows = 12;     // the AVX-512 tile height
 constexpr int64_t kPackFlops = 512;  // per X element copied, for packing to pay (see run_part)
 constexpr int64_t kWAhead = 2;  // blocks; 1-4 measured alike in a BERT-base run
+constexpr int kAvx2WideRows = 3;  // tile_avx2_wide's height: 12 accumulators of 16 ymm
 
 // ---- epilogue: y = act(x W^T + bias) + residual ----
 inline float gelu_scalar(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
@@ -348,10 +349,10 @@ struct TileTable {
   TileFn packed[2][kMaxMr + 1] = {};
 };
 
-// AVX2 runs b = 32 as tile_avx2_wide, which rows_per_tile keeps at <= 3 rows.
+// AVX2 runs b = 32 as tile_avx2_wide (rows_per_tile gives it kAvx2WideRows rows at most).
 template <int B, int M>
 constexpr TileFn avx2_tile() {
-  if constexpr (B == 32 && M <= 3) return &tile_avx2_wide<M>;
+  if constexpr (B == 32 && M <= kAvx2WideRows) return &tile_avx2_wide<M>;
   else return &tile_avx2<B, M>;
 }
 
@@ -378,7 +379,7 @@ const TileTable& tiles() {
 int64_t rows_per_tile(Isa isa, int64_t block) {
   switch (isa) {
     case Isa::kAvx512: return block == 32 ? 12 : 12;
-    case Isa::kAvx2: return block == 32 ? 3 : 6;
+    case Isa::kAvx2: return block == 32 ? kAvx2WideRows : 6;
     default: return 4;
   }
 }
