@@ -1,5 +1,9 @@
 """BlockSparseLinear exported to ONNX: custom ai.mlprune op in ONNX Runtime, and the standard-op lowering."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -172,3 +176,60 @@ def test_fused_epilogue_in_ort_matches_the_reference(activation):
     np.testing.assert_allclose(y, ref.numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(Exception, match="residual must have the output's shape"):
         sess.run(None, {"X": x.numpy(), "R": r[:, :16].contiguous().numpy()})
+
+
+
+_RUN_IN_ORT = """
+import sys, numpy as np, onnxruntime as ort
+folder, library = sys.argv[1:]
+options = ort.SessionOptions()
+options.register_custom_ops_library(library)
+sess = ort.InferenceSession(folder + "/model.onnx", options, providers=["CPUExecutionProvider"])
+np.save(folder + "/z.npy", sess.run(None, {"X": np.load(folder + "/x.npy"), "Rin": np.load(folder + "/r.npy")})[0])
+"""
+
+
+@pytest.mark.parametrize("block", [16, 32])
+@pytest.mark.parametrize("rows", [7, 4100])
+@pytest.mark.parametrize("isa", ["auto", "avx2", "scalar"])
+def test_output_written_in_place_of_the_residual(block, rows, isa, tmp_path):
+    # R is an intermediate read by nothing else and, with static shapes, known to match Y: ORT then
+    # gives Y R's buffer (seen with a probe in the op), so the kernel reads and writes the same lines.
+    # 4100 x 128 floats is larger than L2, where a separate y would be written with streaming stores.
+    # The ISA is picked when the library loads, hence a fresh process.
+    in_features, out_features = 96, 128
+    g = torch.Generator().manual_seed(block + rows)
+    weight, bias = torch.randn(out_features, in_features, generator=g), torch.randn(out_features, generator=g)
+    mask = (torch.rand(out_features // block, in_features // block, generator=g) < 0.6).int()
+    mask[0] = 0  # an empty row-block: y there is act(bias) + residual
+    packed = ops.pack_blocks(weight, mask, block)
+    inits = [
+        helper.make_tensor("values", TensorProto.FLOAT, list(packed.values.shape), packed.values.flatten().tolist()),
+        helper.make_tensor("row_ptr", TensorProto.INT64, [len(packed.row_ptr)], packed.row_ptr.tolist()),
+        helper.make_tensor("col_idx", TensorProto.INT64, [packed.nnzb], packed.col_idx.tolist()),
+        helper.make_tensor("bias", TensorProto.FLOAT, [out_features], bias.tolist()),
+    ]
+    nodes = [
+        helper.make_node("Neg", ["Rin"], ["R"]),
+        helper.make_node("BlockSparseLinear", ["X", "values", "row_ptr", "col_idx", "bias", "R"], ["Y"],
+                         domain=ORT_DOMAIN, out_features=out_features, activation="gelu"),
+        helper.make_node("Neg", ["Y"], ["Z"]),  # a graph output gets a buffer of its own; Y must not be one
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [rows, in_features]),
+         helper.make_tensor_value_info("Rin", TensorProto.FLOAT, [rows, out_features])],
+        [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [rows, out_features])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(ORT_DOMAIN, 1)],
+                              ir_version=10)
+    x, r = torch.randn(rows, in_features, generator=g), torch.randn(rows, out_features, generator=g)
+    onnx.save(model, tmp_path / "model.onnx")
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "r.npy", r.numpy())
+    env = {k: v for k, v in os.environ.items() if k != "MLPRUNE_KERNEL_ISA"}
+    if isa != "auto":
+        env["MLPRUNE_KERNEL_ISA"] = isa
+    subprocess.run([sys.executable, "-c", _RUN_IN_ORT, str(tmp_path), ort_library.library_path()], env=env, check=True)
+    ref = ops.block_sparse_linear_reference(x, packed.values, packed.row_ptr, packed.col_idx, bias, out_features,
+                                            "gelu", -r)
+    np.testing.assert_allclose(-np.load(tmp_path / "z.npy"), ref.numpy(), rtol=1e-5, atol=1e-5)

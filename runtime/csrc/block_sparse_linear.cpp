@@ -47,14 +47,13 @@ constexpr int kAvx2WideRows = 3;  // tile_avx2_wide's height: 12 accumulators of
 // ---- epilogue: y = act(x W^T + bias) + residual ----
 inline float gelu_scalar(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
 
-void epilogue_scalar(float* y, int64_t ldy, const float* res, int64_t ldr, int rows, int cols, Activation act) {
-  for (int m = 0; m < rows; ++m)
-    for (int j = 0; j < cols; ++j) {
-      float v = y[m * ldy + j];
-      if (act == Activation::kGelu) v = gelu_scalar(v);
-      if (res) v += res[m * ldr + j];
-      y[m * ldy + j] = v;
-    }
+void epilogue_scalar(float* row, const float* res, int cols, Activation act) {
+  for (int j = 0; j < cols; ++j) {
+    float v = row[j];
+    if (act == Activation::kGelu) v = gelu_scalar(v);
+    if (res) v += res[j];
+    row[j] = v;
+  }
 }
 
 // exp for x <= 0 (what erf needs): 2^n * p(r), |r| <= ln2/2, degree-6 Taylor; rel. error < 2e-7.
@@ -339,8 +338,11 @@ void tile_scalar(const Tile& t) {
         for (int j = 0; j < B; ++j) acc[m][j] += xv * w[i * B + j];
       }
   }
-  for (int m = 0; m < M; ++m) std::memcpy(t.y + m * t.ldy, acc[m], sizeof(float) * B);
-  if (t.act != Activation::kNone || t.res) epilogue_scalar(t.y, t.ldy, t.res, t.ldr, M, B, t.act);
+  // Finished in acc before the store: y may be the residual's own buffer (see Plan::Plan).
+  for (int m = 0; m < M; ++m) {
+    epilogue_scalar(acc[m], t.res ? t.res + m * t.ldr : nullptr, B, t.act);
+    std::memcpy(t.y + m * t.ldy, acc[m], sizeof(float) * B);
+  }
 }
 
 // fn[isa][block == 32][rows] for rows in 1..kMaxMr; packed: the AVX-512 tiles on packed X
@@ -510,7 +512,10 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // every output 1.5-6 MB: kernel time -10 % in a 12-layer model). A warm output stays in cache
   // for the next op, which reads it at once (batch 1, 0.2-0.8 MB: streaming was 3 % slower).
   // They need 64-byte lines: an aligned y suffices, as rows and blocks are 16 or 32 floats apart.
-  stream_ = isa_ != Isa::kScalar && cold_output && reinterpret_cast<uintptr_t>(a_.y) % 64 == 0;
+  // Written in place of the residual (ONNX Runtime may reuse its buffer), y's lines are already in
+  // cache from the residual's read: plain stores keep them there for the LayerNorm that follows.
+  stream_ = isa_ != Isa::kScalar && cold_output && a_.y != a_.residual &&
+            reinterpret_cast<uintptr_t>(a_.y) % 64 == 0;
   const int64_t n_tiles = a_.rows > 0 ? (a_.rows + tile_rows_ - 1) / tile_rows_ : 0;
   const int64_t n_tasks = n_tiles * row_blocks_;
   max_parts = std::max<int64_t>(1, std::min(max_parts, n_tasks));

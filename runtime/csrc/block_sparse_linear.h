@@ -57,7 +57,7 @@ struct BsrLinearArgs {
   int64_t out_features = 0;
   int64_t block = 0;
   Activation activation = Activation::kNone;
-  const float* residual = nullptr;  // [rows, out_features] contiguous, or nullptr
+  const float* residual = nullptr;  // [rows, out_features] contiguous, or nullptr; may be y itself
 };
 
 // Checks shapes and index contents; returns "" when fine, else a message naming the problem.

@@ -17,6 +17,7 @@
 namespace {
 
 constexpr const char* kDomain = "ai.mlprune";
+constexpr int kResidualInput = 5;
 
 OrtStatusPtr error(const std::string& msg) {
   return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT,
@@ -44,7 +45,7 @@ struct Kernel {
                           row_ptr = ctx.GetInput(2), col_idx = ctx.GetInput(3);
     Ort::ConstValue bias{nullptr}, residual{nullptr};
     if (ctx.GetInputCount() > 4) bias = ctx.GetInput(4);
-    if (ctx.GetInputCount() > 5) residual = ctx.GetInput(5);
+    if (ctx.GetInputCount() > kResidualInput) residual = ctx.GetInput(kResidualInput);
     if (!x || !values || !row_ptr || !col_idx) return error("X, values, row_ptr and col_idx are required");
 
     std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
@@ -97,6 +98,20 @@ struct Kernel {
 };
 
 struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
+  // The residual's buffer may become the output's: where nothing else reads it later, ORT writes
+  // y in place of it, so y's lines are in cache already and stay there for the LayerNorm after.
+  Op() {
+    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+      *input_index = new int[1]{kResidualInput};
+      *output_index = new int[1]{0};
+      return 1;
+    };
+    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+      delete[] input_index;
+      delete[] output_index;
+    };
+  }
+
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const try {
     std::unique_ptr<Kernel> k(new Kernel);
     const Ort::ConstKernelInfo ki(info);
