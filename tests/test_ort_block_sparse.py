@@ -178,7 +178,6 @@ def test_fused_epilogue_in_ort_matches_the_reference(activation):
         sess.run(None, {"X": x.numpy(), "R": r[:, :16].contiguous().numpy()})
 
 
-
 _RUN_IN_ORT = """
 import sys, numpy as np, onnxruntime as ort
 folder, library = sys.argv[1:]

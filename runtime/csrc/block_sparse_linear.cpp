@@ -513,7 +513,7 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // for the next op, which reads it at once (batch 1, 0.2-0.8 MB: streaming was 3 % slower).
   // They need 64-byte lines: an aligned y suffices, as rows and blocks are 16 or 32 floats apart.
   // Written in place of the residual (ONNX Runtime may reuse its buffer), y's lines are already in
-  // cache from the residual's read: plain stores keep them there for the LayerNorm that follows.
+  // cache from the residual's read: plain stores hit them there, where streaming would evict them.
   stream_ = isa_ != Isa::kScalar && cold_output && a_.y != a_.residual &&
             reinterpret_cast<uintptr_t>(a_.y) % 64 == 0;
   const int64_t n_tiles = a_.rows > 0 ? (a_.rows + tile_rows_ - 1) / tile_rows_ : 0;
