@@ -19,7 +19,7 @@ import torch
 import mlprune_fx as mp
 from mlprune_fx.benchmarking import machine_header, time_sessions
 
-from bench_end_to_end import build
+from bench_end_to_end import BLOCK, KEEP_STEP1, KEEP_STEP2, MAX_BLOCK_DENSITY, bert_base, build
 
 
 def opener(model: Path, library: str | None, threads: int, feeds: dict):
@@ -48,13 +48,8 @@ def main() -> None:
         if not lib.is_file():
             parser.error(f"{lib} is not a file: build the library (make native) and copy it first")
 
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_hidden_layers=args.layers)).eval()
-    ids = torch.randint(1000, model.config.vocab_size, (2, 16))
-    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    dense, pruned, ratio = build(model, example, 0.5, 0.4, 32, 0.7)
+    model, example = bert_base(args.layers)
+    dense, pruned, ratio = build(model, example, KEEP_STEP1, KEEP_STEP2, BLOCK, MAX_BLOCK_DENSITY)
     libs = {"before": str(args.before.resolve()), "after": str(args.after.resolve())}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: mp.export_onnx(m, Path(tmp) / f"{k}.onnx", example) for k, m in (("dense", dense), ("pruned", pruned))}

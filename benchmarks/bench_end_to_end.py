@@ -20,6 +20,8 @@ import mlprune_fx as mp
 from mlprune_fx.benchmarking import machine_header, markdown_table, time_sessions, time_side_by_side
 from mlprune_fx.state import mask_modules
 
+KEEP_STEP1, KEEP_STEP2, BLOCK, MAX_BLOCK_DENSITY = 0.5, 0.4, 32, 0.7
+
 
 def _set_keep(prepared, keep: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -53,6 +55,16 @@ def build(model, example, keep1: float, keep2: float, block: int, max_density: f
     return dense, final, ratio
 
 
+def bert_base(layers: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """Random-weight BERT-base shapes and a small example input for capture (seeded, so every run prunes alike)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_hidden_layers=layers)).eval()
+    ids = torch.randint(1000, model.config.vocab_size, (2, 16))
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def profile(path: Path, feeds: dict, threads: int, fuse_skip_layernorm: bool, runs: int = 10, top: int = 8) -> str:
     """ONNX Runtime's own per-node timings, summed by op type: where a run's time goes."""
     import json
@@ -83,10 +95,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds, a fresh session each")
-    parser.add_argument("--keep-step1", type=float, default=0.5, help="heads and FFN rows kept in step 1")
-    parser.add_argument("--keep-step2", type=float, default=0.4, help="blocks kept in step 2")
-    parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--max-block-density", type=float, default=0.7)
+    parser.add_argument("--keep-step1", type=float, default=KEEP_STEP1, help="heads and FFN rows kept in step 1")
+    parser.add_argument("--keep-step2", type=float, default=KEEP_STEP2, help="blocks kept in step 2")
+    parser.add_argument("--block", type=int, default=BLOCK)
+    parser.add_argument("--max-block-density", type=float, default=MAX_BLOCK_DENSITY)
     parser.add_argument("--layers", type=int, default=12, help="BERT-base has 12")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--profile", action="store_true", help="also print ONNX Runtime's per-op-type time split")
@@ -94,13 +106,8 @@ def main() -> None:
                         help="let ONNX Runtime fuse Add + LayerNormalization (off by default in InferenceSession)")
     args = parser.parse_args()
 
-    from transformers import BertConfig, BertForSequenceClassification
-
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_hidden_layers=args.layers)).eval()
-    ids = torch.randint(1000, model.config.vocab_size, (2, 16))
-    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model, example = bert_base(args.layers)
     dense, pruned, ratio = build(model, example, args.keep_step1, args.keep_step2, args.block, args.max_block_density)
     lowered = pruned.meta["mlprune_fx"].lowered
     print(machine_header(args.threads))
