@@ -37,6 +37,7 @@ def encoders(draw):
         kind=kind, attn=attn, granularity=granularity, layers=draw(st.integers(1, 3)), heads=heads,
         hidden=heads * head_dim, inter=inter, seed=draw(st.integers(0, 2**16)),
         all_pruned=draw(st.sampled_from([(), ("layer_0_attention__heads",), ("__rows",), ("__blocks",)])),
+        output_rows=draw(st.booleans()),
     )
 
 
@@ -44,7 +45,7 @@ def encoders(draw):
 @given(spec=encoders())
 def test_convert_and_onnx_parity_on_drawn_encoders(spec, tmp_path_factory):
     model = tiny_model(spec["kind"], spec["attn"], hidden=spec["hidden"], heads=spec["heads"], inter=spec["inter"], layers=spec["layers"], seed=spec["seed"] % 100)
-    cfg = mp.PruningConfig(granularity=spec["granularity"], block_size=16)
+    cfg = mp.PruningConfig(granularity=spec["granularity"], block_size=16, prune_output_rows=spec["output_rows"])
     prepared = mp.prepare(model, cfg, example_inputs())
     randomize_masks(prepared, seed=spec["seed"], keep=(0.1, 0.9), all_pruned=spec["all_pruned"])
     prepared.eval()

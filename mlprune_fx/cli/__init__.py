@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, help="side of the blocks (16 or 32; default 32)")
     p.add_argument("--keep-output-rows", action="store_true",
                    help="never prune the output rows of attention-output and FFN-output linears: the whole budget goes "
-                   "to heads and FFN rows, and the hidden width stays whole (a faster model, as accurate on the tweets at 20 %%; "
-                   "see BENCHMARKS.md, 'Keeping the output rows')")
+                   "to heads and FFN rows, and the hidden width stays whole (a faster model; at 20 %% as accurate on the tweets, "
+                   "less on one of two Rotten Tomatoes seeds: see BENCHMARKS.md, 'Keeping the output rows')")
     p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, ...) and steps / lr / mask_lr")
     p.add_argument("--steps", type=int, default=600)
     _batching(p)
