@@ -110,6 +110,17 @@ def logits_of(out):
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
+def packed_initializers(packed) -> list:
+    """values, row_ptr and col_idx of `ops.pack_blocks`' result as ONNX initializers, for hand-made graphs."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_tensor("values", TensorProto.FLOAT, list(packed.values.shape), packed.values.flatten().tolist()),
+        helper.make_tensor("row_ptr", TensorProto.INT64, [len(packed.row_ptr)], packed.row_ptr.tolist()),
+        helper.make_tensor("col_idx", TensorProto.INT64, [packed.nnzb], packed.col_idx.tolist()),
+    ]
+
+
 @pytest.fixture(scope="session")
 def minilm():
     from mlprune_fx.models import load_packaged_model

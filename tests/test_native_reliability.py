@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 import mlprune_fx.runtime
+from conftest import packed_initializers
 from mlprune_fx.runtime import ops, ort_library
 from mlprune_fx.runtime.onnx_translation import ORT_DOMAIN, translation_table
 
@@ -96,12 +97,7 @@ def _single_node_model(path, seed=1, b=16, rb=3, cb=5):
     g = torch.Generator().manual_seed(seed)
     packed = ops.pack_blocks(torch.randn(rb * b, cb * b, generator=g), (torch.rand(rb, cb, generator=g) < 0.6).int(), b)
     bias = torch.randn(rb * b, generator=g)
-    inits = [
-        helper.make_tensor("values", TensorProto.FLOAT, list(packed.values.shape), packed.values.flatten().tolist()),
-        helper.make_tensor("row_ptr", TensorProto.INT64, [rb + 1], packed.row_ptr.tolist()),
-        helper.make_tensor("col_idx", TensorProto.INT64, [packed.nnzb], packed.col_idx.tolist()),
-        helper.make_tensor("bias", TensorProto.FLOAT, [rb * b], bias.tolist()),
-    ]
+    inits = packed_initializers(packed) + [helper.make_tensor("bias", TensorProto.FLOAT, [rb * b], bias.tolist())]
     node = helper.make_node(
         "BlockSparseLinear", ["X", "values", "row_ptr", "col_idx", "bias"], ["Y"], domain=ORT_DOMAIN, out_features=rb * b
     )

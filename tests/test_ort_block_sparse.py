@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from conftest import packed_initializers
 from mlprune_fx.runtime import ops, ort_library
 from mlprune_fx.runtime.onnx_translation import ORT_DOMAIN, translation_table
 
@@ -147,15 +148,6 @@ def test_custom_model_passes_onnx_checker(custom_proto):
     onnx.checker.check_model(custom_proto)
 
 
-def _packed_initializers(packed) -> list:
-    """values, row_ptr and col_idx of `ops.pack_blocks`' result as ONNX initializers."""
-    return [
-        helper.make_tensor("values", TensorProto.FLOAT, list(packed.values.shape), packed.values.flatten().tolist()),
-        helper.make_tensor("row_ptr", TensorProto.INT64, [len(packed.row_ptr)], packed.row_ptr.tolist()),
-        helper.make_tensor("col_idx", TensorProto.INT64, [packed.nnzb], packed.col_idx.tolist()),
-    ]
-
-
 @pytest.mark.parametrize("activation", [None, "gelu"])
 def test_fused_epilogue_in_ort_matches_the_reference(activation):
     # bias left out ("") while the residual input is given: optional inputs by position.
@@ -163,7 +155,7 @@ def test_fused_epilogue_in_ort_matches_the_reference(activation):
     g = torch.Generator().manual_seed(4)
     weight, mask = torch.randn(out_features, 48, generator=g), torch.tensor([[1, 0, 1], [0, 1, 1]])
     packed = ops.pack_blocks(weight, mask, b)
-    inits = _packed_initializers(packed)
+    inits = packed_initializers(packed)
     attrs = {"activation": activation} if activation else {}
     node = helper.make_node("BlockSparseLinear", ["X", "values", "row_ptr", "col_idx", "", "R"], ["Y"],
                             domain=ORT_DOMAIN, out_features=out_features, **attrs)
@@ -207,7 +199,7 @@ def test_output_written_in_place_of_the_residual(block, rows, isa, tmp_path):
     mask = (torch.rand(out_features // block, in_features // block, generator=g) < 0.6).int()
     mask[0] = 0  # an empty row-block: y there is act(bias) + residual
     packed = ops.pack_blocks(weight, mask, block)
-    inits = _packed_initializers(packed) + [helper.make_tensor("bias", TensorProto.FLOAT, [out_features], bias.tolist())]
+    inits = packed_initializers(packed) + [helper.make_tensor("bias", TensorProto.FLOAT, [out_features], bias.tolist())]
     nodes = [
         helper.make_node("Neg", ["Rin"], ["R"]),
         helper.make_node("BlockSparseLinear", ["X", "values", "row_ptr", "col_idx", "bias", "R"], ["Y"],
