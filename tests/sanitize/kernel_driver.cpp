@@ -246,7 +246,9 @@ int canary() {
   const auto reads_last_column = [](const Case& k) {
     return std::find(k.col_idx.begin(), k.col_idx.end(), k.cb - 1) != k.col_idx.end();
   };
-  do c = make_case(rng); while (c.rows < 2 || !reads_last_column(c));
+  // At most 6 row-blocks: too few kept blocks per input for the AVX-512 path to pack X, whose
+  // 64-byte loads would straddle the end (ASan calls that an "unknown-crash", not an overflow).
+  do c = make_case(rng); while (c.rows < 2 || c.rb > 6 || !reads_last_column(c));
   std::vector<float> y(c.rows * c.out());
   // X one float short: the last row's last kept column reads 4 bytes past the buffer, into ASan's
   // redzone on every ISA path (a read far past it could land in unpoisoned memory and only crash).
