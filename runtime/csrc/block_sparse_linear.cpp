@@ -42,6 +42,10 @@ constexpr int kMaxMr = 12;
 constexpr int kPackRows = 12;     // the AVX-512 tile height
 constexpr int64_t kPackFlops = 512;  // per X element copied, for packing to pay (see run_part)
 constexpr int64_t kWAhead = 2;  // blocks; 1-4 measured alike in a BERT-base run
+// With a 2 MB L2 (Intel Xeon, 2 threads), streaming BERT-base's 1.5 MB Q/K/V outputs at batch 8 x 128
+// took 5-16 % off those calls against the other kinds in the same rounds (ab_ort_library.py
+// --by-kind); batch 1's outputs (at most 0.8 MB) stay on plain stores.
+constexpr int64_t kColdOutputBytes = int64_t{1} << 20;
 constexpr int kAvx2WideRows = 3;  // tile_avx2_wide's height: 12 accumulators of 16 ymm
 
 // ---- epilogue: y = act(x W^T + bias) + residual ----
@@ -499,7 +503,10 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   tile_rows_ = std::max<int64_t>(1, budget_rows / mr_) * mr_;
   tile_rows_ = std::min(tile_rows_, ((a_.rows + mr_ - 1) / mr_) * mr_);
   // An output (and a residual) larger than a core's L2 is cold: it comes from and goes to memory.
-  const bool cold_output = a_.rows * a_.out_features * static_cast<int64_t>(sizeof(float)) >= l2_bytes();
+  // So is one over kColdOutputBytes where the L2 is larger: the next op rarely reads it at once
+  // (attention reads Q after K and V are written).
+  const bool cold_output = a_.rows * a_.out_features * static_cast<int64_t>(sizeof(float)) >=
+                           std::min(l2_bytes(), kColdOutputBytes);
   // A cold residual with a W that stays in L2: a task is one row tile across every row-block, so
   // the residual is read and y written whole rows in order, which the hardware prefetcher follows
   // (BERT-base's attention output at batch 8 x 128: -15 %). Without a residual, or with a warm
