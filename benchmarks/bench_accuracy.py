@@ -57,10 +57,11 @@ TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
                    "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows", "prune_seed",
-                   "group_by_length")
+                   "group_by_length", "hold_masks")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": DESCENT,
-                    "output_rows": mp.PruningConfig().prune_output_rows, "group_by_length": False}
+                    "output_rows": mp.PruningConfig().prune_output_rows, "group_by_length": False,
+                    "hold_masks": False}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -170,19 +171,22 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
     config = mp.PruningConfig(target=target, granularity=("head", "row"), **pruning_options(args))
     prepared = mp.prepare(student, config, data.example)
     log = train(prepared, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None,
-                distill=kd, progress=args.progress, desc=f"mlprune {target}", descent=args.descent)
+                distill=kd, progress=args.progress, desc=f"mlprune {target}", descent=args.descent,
+                hold_masks=args.hold_masks)
     report = mp.sparsity_report(prepared)
     converted = mp.convert(prepared)
     if hidden:
         drop_outputs(converted, ["hidden_states"])
     heads = [k for k, _ in report.heads_kept.values()]
     notes = [f"heads kept per layer {heads}"]
+    if log.hold_churn is not None:
+        notes.append(f"{log.hold_churn:.1%} of the units kept when the hold began were pruned by the end")
     if log.adjust is not None and abs(log.adjust) > ADJUST_WARNING:
         notes.append(f"the regulariser left {log.before_hold:.3f} at the hold, which {describe_adjust(log.adjust)} "
                      "to reach the target")
     return converted, {"remaining": report.remaining, "notes": notes,
                        "extra": {"mask_lr": log.mask_lr, "hold_from": log.hold_from, "before_hold": log.before_hold,
-                                 "adjust": log.adjust, "heads_kept": heads}}
+                                 "adjust": log.adjust, "hold_churn": log.hold_churn, "heads_kept": heads}}
 
 
 def run_mlprune_2step(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
@@ -192,7 +196,7 @@ def run_mlprune_2step(dense, target: float, data: Data, args, kd: DistillConfig 
                             r2=target / TWO_STEP_R1, second="block", block_size=32, teacher=dense,
                             example_inputs=data.example, distill=kd if kd is not None else False,
                             progress=args.progress, lr=args.lr, pruning=pruning_options(args),
-                            descent=args.descent)
+                            descent=args.descent, hold_masks=args.hold_masks)
     blocks = sum(1 for n in result.model.graph.nodes if "block_sparse_linear" in str(n.target))
     notes = [f"step 1 heads + rows to {result.reports[0].remaining:.3f} ({steps1} steps), "
              f"step 2 32x32 blocks to {result.reports[1].remaining:.3f} of that ({args.prune_steps - steps1} steps); "
@@ -332,6 +336,7 @@ def dataset_table(name: str, entry: dict, targets: list[float], methods: list[st
 def report(results: dict, args, header: str) -> str:
     s = with_defaults(results["settings"])
     kept_rows = ", output rows of the attention-output and FFN-output linears kept"
+    held = ", masks (thresholds and scores) held from then on"
     dense_seed = "" if s["prune_seed"] == s["seed"] else f"; splits and dense fine-tuning seed {s['seed']}"
     parts = [
         "## Accuracy at equal remaining encoder weights", "",
@@ -342,7 +347,8 @@ def report(results: dict, args, header: str) -> str:
         f"{s['batch_size']}{', grouped by length' if s['group_by_length'] else ''}, max length {s['max_length']}, "
         f"seed {s['prune_seed']}{dense_seed}) with distillation `{s['distill']}` "
         f"from the dense model, on {s['device']}; mlprune's regulariser lambda_f "
-        f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps{'' if s['output_rows'] else kept_rows}. "
+        f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps{held if s['hold_masks'] else ''}"
+        f"{'' if s['output_rows'] else kept_rows}. "
         f"remaining: share of the encoder linear weights (Q, K, V, O, FC1, FC2 of all layers) the model keeps; "
         f"params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
         f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {args.repeats}, each "
@@ -443,6 +449,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--descent", type=float, default=SETTING_DEFAULTS["descent"],
                    help="share of the mlprune methods' steps the regulariser drives the thresholds; the rest train "
                         "at the fixed pruned size")
+    p.add_argument("--hold-masks", action="store_true",
+                   help="mlprune methods hold the mask scores too from the hold on (train(hold_masks=True)): the "
+                        "kept units stay fixed and only the weights keep training")
     p.add_argument("--no-output-rows", dest="output_rows", action="store_false",
                    help="mlprune methods keep every output row of the attention-output and FFN-output linears "
                         "(PruningConfig.prune_output_rows=False): the budget goes to heads and FFN rows alone")

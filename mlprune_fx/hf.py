@@ -51,7 +51,8 @@ class LeapTrainer(Trainer):
     model) with `distill` (DistillConfig). mask_lr: learning rate of the mask
     scores and thresholds; None derives it from the run length as `training.train`
     does (for the default linear schedule). descent: share of the steps before
-    the thresholds are calibrated and held (None: never). Everything else is
+    the thresholds are calibrated and held (None: never). hold_masks: hold the
+    mask scores too, so the kept units stay fixed from then on. Everything else is
     Trainer's own; use `remove_unused_columns=False` with tensor-dict datasets.
     """
 
@@ -62,6 +63,7 @@ class LeapTrainer(Trainer):
         distill: DistillConfig | None = None,
         mask_lr: float | None = None,
         descent: float | None = DESCENT,
+        hold_masks: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -70,6 +72,7 @@ class LeapTrainer(Trainer):
             teacher.to(self.args.device)
         self.mask_lr = mask_lr
         self.descent = descent
+        self.hold_masks = hold_masks
         self._hold: ThresholdHold | None = None
         self._hold_at: int | None = None
         self._hold_info: dict[str, float] = {}
@@ -88,7 +91,7 @@ class LeapTrainer(Trainer):
             warmup = self.args.get_warmup_steps(steps) / steps
             self.mask_lr = default_mask_lr(self.model, steps, warmup, self.descent or 1.0)
         self._hold_at = hold_step(steps, self.descent)
-        self._hold = ThresholdHold(self.model) if self._hold_at is not None else None
+        self._hold = ThresholdHold(self.model, freeze_scores=self.hold_masks) if self._hold_at is not None else None
 
     def create_optimizer(self, model=None):
         model = self.model if model is None else model

@@ -12,6 +12,8 @@ nothing but the target set:
 2. hold: every mask's kept fraction is scaled by one shared factor until the hard
    ratio (what `convert` keeps) is the one closest to the target; then the thresholds
    stop moving while weights and scores keep training: the model recovers at a fixed size.
+   With `hold_masks`, the scores stop too: the kept units are fixed from the hold on and
+   the weights spend the whole hold adapting to one structure.
 
 The factor keeps the per-matrix allocation the regulariser learnt and corrects only its
 level: the regulariser sees sigmoid(T), not the ceil(sigmoid(T) * n) units Top-k keeps,
@@ -184,11 +186,16 @@ class ThresholdHold:
     above or below zero, not at all.) Holding works through the optimizer: a step
     pre-hook drops the thresholds' gradients, and optimizers skip parameters without
     a gradient (no momentum drift), so it works alike under DDP, Accelerate and Trainer.
+    freeze_scores: drop the scores' gradients as well, so no unit enters or leaves a
+    mask during the hold.
     """
 
-    def __init__(self, prepared: nn.Module) -> None:
+    def __init__(self, prepared: nn.Module, freeze_scores: bool = False) -> None:
         self.prepared = unwrap(prepared)
-        self.thresholds = [m.threshold for m in mask_modules(self.prepared).values()]
+        masks = mask_modules(self.prepared).values()
+        self.thresholds = [m.threshold for m in masks]
+        self.held = self.thresholds + ([m.scores for m in masks] if freeze_scores else [])
+        self.kept_at_hold: dict[str, list[int]] | None = None
         self.engaged = False
         self.adjust: float | None = None
         self.before: float | None = None
@@ -226,9 +233,23 @@ class ThresholdHold:
         self.after = ratio_at(self.adjust)
         return self.after
 
+    def kept_units(self) -> dict[str, list[int]]:
+        """Flat indices of the units each mask keeps now."""
+        masks = mask_modules(self.prepared).items()
+        return {k: torch.nonzero(m().detach().flatten()).flatten().tolist() for k, m in masks}
+
+    def churn(self) -> float | None:
+        """Share of the units kept when the hold began that are no longer kept (None before the hold)."""
+        if self.kept_at_hold is None:
+            return None
+        now = self.kept_units()
+        gone = sum(len(set(units) - set(now[k])) for k, units in self.kept_at_hold.items())
+        return gone / max(sum(len(units) for units in self.kept_at_hold.values()), 1)
+
     def engage(self, optimizers: Iterable[torch.optim.Optimizer] = ()) -> float:
-        """Calibrate, then stop the thresholds: their gradients are dropped before every step."""
+        """Calibrate, then stop the thresholds (and scores, with freeze_scores): gradients dropped before each step."""
         reached = self.calibrate()
+        self.kept_at_hold = self.kept_units()
         for opt in optimizers:
             inner = getattr(opt, "optimizer", opt)  # accelerate's AcceleratedOptimizer wraps the real one
             self._handles.append(inner.register_step_pre_hook(lambda *_: self.drop_grads()))
@@ -237,7 +258,7 @@ class ThresholdHold:
 
     def drop_grads(self) -> None:
         if self.engaged:
-            for t in self.thresholds:
+            for t in self.held:
                 t.grad = None
 
     def release(self) -> None:
@@ -249,7 +270,11 @@ class ThresholdHold:
 
 @dataclass
 class TrainLog:
-    """Per-step loss, soft rho and lambda; hard remaining every `log_every` steps; the hold."""
+    """Per-step loss, soft rho and lambda; hard remaining every `log_every` steps; the hold.
+
+    hold_churn: share of the units kept when the hold began that the trained model no
+    longer keeps (scores go on learning under held thresholds; 0 with `hold_masks`).
+    """
 
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
@@ -261,6 +286,7 @@ class TrainLog:
     hold_from: int | None = None
     adjust: float | None = None
     before_hold: float | None = None
+    hold_churn: float | None = None
     kd: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -309,6 +335,7 @@ def train(
     teacher: Callable | None = None,
     distill: DistillConfig | None = None,
     descent: float | None = DESCENT,
+    hold_masks: bool = False,
     weight_decay: float = 0.0,
     threshold_betas: tuple[float, float] | None = THRESHOLD_BETAS,
     log_every: int | None = None,
@@ -324,6 +351,7 @@ def train(
     mask_lr: None derives it from the run (`default_mask_lr`).
     descent: share of the steps the regulariser drives the thresholds; then they are
     calibrated to the hard target and held (None: the regulariser runs to the end).
+    hold_masks: hold the scores too, so the masks stay as the hold found them.
     threshold_betas: Adam betas of the thresholds (default: no momentum).
     model may be wrapped in DistributedDataParallel; every rank calibrates alike.
     checkpoint / save_every: write model, optimizer, scheduler, RNG, log and hold
@@ -347,7 +375,7 @@ def train(
     optimizer = torch.optim.AdamW(groups)
     scheduler = linear_schedule(optimizer, steps, int(warmup * steps))
     hold_at = hold_step(steps, descent) if prepared else None
-    hold = ThresholdHold(inner) if hold_at is not None else None
+    hold = ThresholdHold(inner, freeze_scores=hold_masks) if hold_at is not None else None
     every = log_every or max(1, steps // 100)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     model.train()
@@ -406,6 +434,7 @@ def train(
                 _store(Path(checkpoint), step + 1, inner, optimizer, scheduler, log, hold)
     finally:
         if hold is not None:
+            log.hold_churn = hold.churn()
             hold.release()
     model.eval()
     return log
@@ -418,7 +447,8 @@ def _store(folder: Path, step: int, model: nn.Module, optimizer, scheduler, log:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(_dedupe(tensors), str(folder / "model.safetensors.tmp"))
-    hold_state = {"engaged": hold.engaged, "adjust": hold.adjust, "before": hold.before, "after": hold.after} if hold else None
+    hold_state = {"engaged": hold.engaged, "adjust": hold.adjust, "before": hold.before, "after": hold.after,
+                  "kept_at_hold": hold.kept_at_hold} if hold else None
     save_training_state(folder, step=step, optimizer=optimizer, scheduler=scheduler,
                         extra={"log": json.dumps(dataclasses.asdict(log)), "hold": json.dumps(hold_state)})
     (folder / "model.safetensors.tmp").replace(folder / "model.safetensors")
@@ -446,6 +476,7 @@ def _restore(folder: Path, model: nn.Module, optimizer, scheduler, hold) -> tupl
     if hold is not None and saved_hold and saved_hold["engaged"]:
         hold.engaged = True
         hold.adjust, hold.before, hold.after = saved_hold["adjust"], saved_hold["before"], saved_hold["after"]
+        hold.kept_at_hold = saved_hold.get("kept_at_hold")
     return step, log
 
 

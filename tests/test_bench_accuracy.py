@@ -30,7 +30,7 @@ def small_bert(monkeypatch):
 
 def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     """One run of every method, its resume, and a second seed on the reused dense model."""
-    seen = {"first_batches": [], "descent": []}
+    seen = {"first_batches": [], "descent": [], "hold_masks": []}
     prepare, train = bench_accuracy.mp.prepare, bench_accuracy.train
 
     def spy_prepare(model, config=None, *a, **k):
@@ -41,6 +41,7 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     def spy_train(model, data, *a, **k):
         seen["first_batches"].append(next(iter(data(0)))["input_ids"].clone())
         seen["descent"].append(k.get("descent"))
+        seen["hold_masks"].append(k.get("hold_masks"))
         return train(model, data, *a, **k)
 
     monkeypatch.setattr(bench_accuracy.mp, "prepare", spy_prepare)
@@ -49,7 +50,7 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "1", "--methods", *methods, "dense_more", "--examples", "120",
             "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
             "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
-            "--descent", "0.25", "--no-output-rows", "--lambda-f", "3e4", "--out", str(tmp_path)]
+            "--descent", "0.25", "--hold-masks", "--no-output-rows", "--lambda-f", "3e4", "--out", str(tmp_path)]
     bench_accuracy.main(argv)
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["datasets"]["rotten_tomatoes"]
@@ -65,9 +66,10 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     assert all(method in table for method in methods + ["dense_more"])
     # mlprune's options reached prepare and train, and the results record them
     assert not seen["config"].prune_output_rows and seen["config"].lambda_f == 3e4
-    assert 0.25 in seen["descent"]
+    assert 0.25 in seen["descent"] and True in seen["hold_masks"]
     assert results["settings"]["descent"] == 0.25 and results["settings"]["output_rows"] is False
-    assert "descent 0.25" in table
+    assert results["settings"]["hold_masks"] is True
+    assert "descent 0.25" in table and "masks (thresholds and scores) held" in table
     # by default the methods shuffle as the dense run did
     dense_batch = seen["first_batches"][0]
     assert all(bool((b == dense_batch).all()) for b in seen["first_batches"][1:])

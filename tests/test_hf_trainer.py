@@ -66,6 +66,23 @@ def test_trainer_adds_the_penalty_logs_it_and_holds_the_target(tmp_path):
     assert mp.sparsity_report(prepared).remaining == pytest.approx(held[0])
 
 
+def test_trainer_hold_masks_keeps_the_scores_from_the_hold_on(tmp_path):
+    from transformers import TrainerCallback
+
+    _, prepared = _prepared(0.5)
+    seen = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 6:  # the hold engages at the end of step 6: scores after it must not move
+                seen.update({k: m.scores.detach().clone() for k, m in mask_modules(prepared).items()})
+
+    trainer = LeapTrainer(model=prepared, args=_args(tmp_path, 12), train_dataset=_Examples(), mask_lr=0.5,
+                          hold_masks=True, callbacks=[Snapshot()])
+    trainer.train()
+    assert seen and all(torch.equal(m.scores.detach(), seen[k]) for k, m in mask_modules(prepared).items())
+
+
 def test_trainer_distils_from_a_teacher_and_derives_the_mask_lr(tmp_path):
     teacher, prepared = _prepared(0.6, attn="eager", kd=True)
     before = {k: float(m.threshold.detach()) for k, m in mask_modules(prepared).items()}

@@ -136,6 +136,44 @@ def test_held_thresholds_stay_put_while_scores_keep_learning():
     assert len(set(log.rho[log.hold_from :])) == 1
 
 
+@pytest.mark.parametrize("hold_masks", [False, True])
+def test_hold_masks_fixes_the_kept_units_from_the_hold_on(hold_masks):
+    prepared = _prepared(("head", "row"), target=0.5, layers=2)
+    seen = {}
+
+    def batches():  # batch 4 is drawn after step 3, where the hold engages
+        for step in range(10):
+            if step == 4:
+                masks = mask_modules(prepared).items()
+                seen.update({k: (m.scores.detach().clone(), m().detach().clone()) for k, m in masks})
+            yield _batch(step % 3)
+
+    log = train(prepared, batches(), 10, mask_lr=0.5, descent=0.4, hold_masks=hold_masks, progress=False)
+    assert log.hold_from == 4 and seen
+    masks = mask_modules(prepared)
+    moved = [k for k, (scores, _) in seen.items() if not torch.equal(masks[k].scores.detach(), scores)]
+    if hold_masks:
+        assert not moved and log.hold_churn == 0
+        assert all(torch.equal(masks[k]().detach(), mask) for k, (_, mask) in seen.items())
+    else:
+        assert moved and log.hold_churn is not None  # scores keep learning under held thresholds
+
+
+def test_hold_churn_counts_the_units_that_left_the_masks():
+    prepared = _prepared(("head", "row"), target=0.5)
+    hold = ThresholdHold(prepared)
+    assert hold.churn() is None
+    hold.engage()
+    kept = sum(len(units) for units in hold.kept_at_hold.values())
+    key, mask = next((k, m) for k, m in mask_modules(prepared).items() if 0 < int(m().sum()) < m.numel)
+    with torch.no_grad():  # swap one kept unit for one pruned one
+        on, off = mask().flatten().nonzero()[0], (mask().flatten() == 0).nonzero()[0]
+        flat = mask.scores.view(-1)
+        flat[on], flat[off] = flat[off] - 1.0, flat[on] + 1.0
+    assert hold.churn() == pytest.approx(1 / kept)
+    hold.release()
+
+
 def test_default_mask_lr_covers_the_distance_by_mid_descent():
     prepared = _prepared(("head", "row"), target=0.2)
     steps, warmup, descent = 200, 0.1, 0.5

@@ -65,6 +65,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, interrupt_at):
         assert torch.equal(a[key][1], b[key][1]), key
     assert log_whole.loss == log_resumed.loss
     assert log_whole.hold_from == log_resumed.hold_from
+    assert log_whole.hold_churn is not None and log_whole.hold_churn == log_resumed.hold_churn
     assert mp.sparsity_report(whole).remaining == mp.sparsity_report(resumed).remaining
     for (n1, p1), (n2, p2) in zip(whole.named_parameters(), resumed.named_parameters()):
         assert torch.equal(p1, p2), n1
