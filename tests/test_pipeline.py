@@ -165,7 +165,7 @@ def test_hold_churn_counts_the_units_that_left_the_masks():
     assert hold.churn() is None
     hold.engage()
     kept = sum(len(units) for units in hold.kept_at_hold.values())
-    key, mask = next((k, m) for k, m in mask_modules(prepared).items() if 0 < int(m().sum()) < m.numel)
+    mask = next(m for m in mask_modules(prepared).values() if 0 < int(m().sum()) < m.numel)
     with torch.no_grad():  # swap one kept unit for one pruned one
         on, off = mask().flatten().nonzero()[0], (mask().flatten() == 0).nonzero()[0]
         flat = mask.scores.view(-1)
