@@ -581,9 +581,26 @@ void Plan::run_part(int64_t part) const {
     tile.act = a_.activation;
     tile.ldr = a_.out_features;
     tile.stream = stream_;
-    for (int64_t m0 = t * tile_rows_; m0 < row_end; m0 += mr_) {
+    // The next task's W, into L2 while this task's later tiles run: its first tile would
+    // otherwise wait on DRAM for every block (the L1 prefetch two blocks ahead is too short).
+    const char* next_w = nullptr;
+    int64_t next_lines = 0, chunk = 0;
+    const int64_t n_micro = (row_end - t * tile_rows_ + mr_ - 1) / mr_;
+    // Only on a part's first pass over the row-blocks: later passes find W in L2 already.
+    if (idx + 1 < std::min(bounds_[part + 1], bounds_[part] + row_blocks_) && n_micro > 1) {
+      const int64_t rn = (idx + 1) % row_blocks_;
+      next_w = reinterpret_cast<const char*>(a_.values + a_.row_ptr[rn] * b * b);
+      next_lines = (a_.row_ptr[rn + 1] - a_.row_ptr[rn]) * b * b * static_cast<int64_t>(sizeof(float)) / 64;
+      chunk = (next_lines + n_micro - 2) / (n_micro - 1);
+    }
+    int64_t micro = 0;
+    for (int64_t m0 = t * tile_rows_; m0 < row_end; m0 += mr_, ++micro) {
       const int64_t rows = std::min(mr_, row_end - m0);
       tile.prefetch_w = m0 == t * tile_rows_;
+      if (next_w && micro > 0) {
+        const int64_t l0 = (micro - 1) * chunk, l1 = std::min(next_lines, l0 + chunk);
+        for (int64_t l = l0; l < l1; ++l) _mm_prefetch(next_w + 64 * l, _MM_HINT_T1);
+      }
       tile.x = pack ? packed.data() + (m0 - t * tile_rows_) * in : a_.x + m0 * in;
       tile.y = a_.y + m0 * a_.out_features + r * b;
       tile.res = a_.residual ? a_.residual + m0 * a_.out_features + r * b : nullptr;
