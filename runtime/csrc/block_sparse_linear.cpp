@@ -581,8 +581,8 @@ void Plan::run_part(int64_t part) const {
     tile.act = a_.activation;
     tile.ldr = a_.out_features;
     tile.stream = stream_;
-    // The next task's W, into L2 while this task's later tiles run: its first tile would
-    // otherwise wait on DRAM for every block (the L1 prefetch two blocks ahead is too short).
+    // The next task's W, into L2 while this task's later tiles run, so that its first tile
+    // waits less on DRAM than the L1 prefetch two blocks ahead alone allows.
     const char* next_w = nullptr;
     int64_t next_lines = 0, chunk = 0;
     const int64_t n_micro = (row_end - t * tile_rows_ + mr_ - 1) / mr_;

@@ -17,7 +17,7 @@
 // broadcast address an immediate offset). Software prefetches pull the next block's X rows, on a
 // row-block's first tile W two blocks ahead (in a whole model W streams from DRAM: -10 % run time),
 // while a row-block's later tiles run the next row-block's W into L2 (12-layer BERT-base-shaped
-// model, batch 1: -2 % of the time in its nodes; batch 8 alike), and each tile's output and
+// model, batch 1: -2 % of the time in its nodes; batch 8 unchanged), and each tile's output and
 // residual lines before its FMAs (-14 % kernel time in a 4-layer BERT-base-shaped model at
 // batch 8, no change measured at 12 layers).
 //
