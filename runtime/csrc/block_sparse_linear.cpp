@@ -202,20 +202,17 @@ MLP_AVX512 void tile_avx512(const Tile& t) {
       }
     }
   }
-  if (t.act == Activation::kGelu)
-    for (int m = 0; m < M; ++m)
-      for (int v = 0; v < V; ++v) acc[m][v] = gelu512(acc[m][v]);
-  if (t.res)
-    for (int m = 0; m < M; ++m)
-      for (int v = 0; v < V; ++v) acc[m][v] = _mm512_add_ps(acc[m][v], _mm512_loadu_ps(t.res + m * t.ldr + 16 * v));
 #pragma GCC unroll 16
   for (int m = 0; m < M; ++m)
 #pragma GCC unroll 2
     for (int v = 0; v < V; ++v) {
+      __m512 y = acc[m][v];
+      if (t.act == Activation::kGelu) y = gelu512(y);
+      if (t.res) y = _mm512_add_ps(y, _mm512_loadu_ps(t.res + m * t.ldr + 16 * v));
       if (t.stream)
-        _mm512_stream_ps(t.y + m * t.ldy + 16 * v, acc[m][v]);
+        _mm512_stream_ps(t.y + m * t.ldy + 16 * v, y);
       else
-        _mm512_storeu_ps(t.y + m * t.ldy + 16 * v, acc[m][v]);
+        _mm512_storeu_ps(t.y + m * t.ldy + 16 * v, y);
     }
 }
 
