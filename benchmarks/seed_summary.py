@@ -1,0 +1,164 @@
+"""Mean and spread over seeds of the accuracy benchmark's results, and paired differences between methods.
+
+One accuracy run is one seed; whether one method is above another needs several, read
+together. This groups the cells of `bench_accuracy.py` result files by what they ran
+(method, its options, budget and data; everything but `--prune-seed` and the machine), and
+prints, per group, the seeds it has with their test and dev accuracy, mean and standard
+deviation; then, for each pair of groups that share the budget and data, the per-seed
+difference on the seeds both ran (same data order and same teacher, so the pairing removes
+the spread the seeds share) with its mean and standard error: by default each mlprune
+variant against each baseline.
+
+    python benchmarks/seed_summary.py benchmarks/results/grouped_3200_seed*_tweets_*.json --target 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_accuracy import with_defaults  # noqa: E402
+
+from mlprune_fx.benchmarking import markdown_table  # noqa: E402
+
+# What every method shares in a comparison: the budget, the data, the teacher.
+SHARED = ("finetune_steps", "finetune_lr", "prune_steps", "lr", "batch_size", "max_length", "examples", "seed",
+          "distill", "group_by_length")
+# Options that only the mlprune methods read.
+MLPRUNE_OPTIONS = ("lambda_f", "descent", "output_rows", "hold_masks")
+
+
+@dataclass(frozen=True)
+class Run:
+    seed: int
+    test: float
+    dev: float
+    machine: str
+    source: str
+
+
+def variant(method: str, settings: dict) -> str:
+    """The method with the options it reads, as a short label."""
+    if not method.startswith("mlprune"):
+        return method
+    words = [f"lambda_f {settings['lambda_f']:g}", f"descent {settings['descent']:g}"]
+    words += [] if settings["output_rows"] else ["output rows kept"]
+    words += ["masks held"] if settings["hold_masks"] else []
+    return f"{method} ({', '.join(words)})"
+
+
+def machine_tag(header: str) -> str:
+    """'AMD avx2', 'AMD avx512', 'Intel amx': enough to tell this project's VMs apart in a table."""
+    isa = "amx" if "amx" in header else "avx512" if "avx512f" in header else "avx2" if "avx2" in header else "?"
+    vendor = header.split()[0].removesuffix("(R)") if header else "?"
+    return f"{vendor} {isa}"
+
+
+references: dict[tuple, set[tuple[float, float]]] = defaultdict(set)  # the dense teacher's (test, dev) per group
+
+
+def collect(paths: list[Path], dataset: str | None, target: float) -> dict[tuple, dict[str, list[Run]]]:
+    """{shared settings: {variant: runs}} over every cell at `target` in `paths`."""
+    groups: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    references.clear()
+    for path in paths:
+        try:
+            saved = json.loads(path.read_text())
+            settings = with_defaults(saved["settings"])
+            datasets = saved["datasets"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"{path}: not a results file of bench_accuracy.py ({err})") from None
+        machine = machine_tag(saved.get("machine", "").split(";")[0].removeprefix("machine: "))
+        for name, entry in datasets.items():
+            if dataset is not None and name != dataset:
+                continue
+            shared = (name,) + tuple((k, settings.get(k)) for k in SHARED)
+            dense = entry.get("dense") or {}
+            if dense.get("test_acc") is not None:
+                references[shared].add((100 * dense["test_acc"], 100 * dense["dev_acc"]))
+            for cell in entry.get("cells", {}).values():
+                if abs(cell.get("target", -1) - target) > 1e-9 or cell.get("test_acc") is None:
+                    continue
+                run = Run(settings["prune_seed"], 100 * cell["test_acc"], 100 * cell["dev_acc"], machine, path.name)
+                groups[shared][variant(cell["method"], settings)].append(run)
+    return groups
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def ordered(names) -> list[str]:
+    """mlprune's variants first, then the baselines."""
+    return sorted(names, key=lambda n: (not n.startswith("mlprune"), n))
+
+
+def per_variant(runs: dict[str, list[Run]]) -> str:
+    rows = []
+    several = len({r.machine for rs in runs.values() for r in rs}) > 1
+    for name in ordered(runs):
+        rs = sorted(runs[name], key=lambda r: (r.seed, r.source))
+        seeds = ", ".join(f"{r.seed}: {r.test:.2f} ({r.dev:.2f})" + (f" [{r.machine}]" if several else "") for r in rs)
+        rows.append([name, len(rs), seeds, _mean_sd([r.test for r in rs]), _mean_sd([r.dev for r in rs])])
+    return markdown_table(["method", "runs", "seed: test (dev)", "test mean ± sd", "dev mean ± sd"], rows)
+
+
+def by_seed(runs: list[Run]) -> dict[int, Run]:
+    """One run per seed: where a seed ran more than once (another machine), the first file's."""
+    out: dict[int, Run] = {}
+    for r in sorted(runs, key=lambda r: r.source):
+        out.setdefault(r.seed, r)
+    return out
+
+
+def paired(runs: dict[str, list[Run]], all_pairs: bool = False) -> str:
+    rows = []
+    names = ordered(runs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if not all_pairs and (b.startswith("mlprune") or not a.startswith("mlprune")):
+                continue
+            ra, rb = by_seed(runs[a]), by_seed(runs[b])
+            seeds = sorted(set(ra) & set(rb))
+            if not seeds:
+                continue
+            for split in ("test", "dev"):
+                diffs = [getattr(ra[s], split) - getattr(rb[s], split) for s in seeds]
+                mean = statistics.mean(diffs)
+                se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+                rows.append([a, b, split, ", ".join(str(s) for s in seeds), " ".join(f"{d:+.2f}" for d in diffs),
+                             f"{mean:+.2f}", f"{se:.2f}"])
+    return markdown_table(["A", "B", "split", "seeds", "A - B per seed", "mean", "standard error"], rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", type=Path, help="results.json files of bench_accuracy.py")
+    p.add_argument("--target", type=float, default=0.2, help="the remaining share to compare at")
+    p.add_argument("--dataset", default=None, help="only this dataset (default: every one in the files)")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="pair every two methods (default: each mlprune variant with each baseline)")
+    args = p.parse_args(argv)
+    groups = collect(args.results, args.dataset, args.target)
+    if not groups:
+        raise SystemExit(f"no cell at target {args.target} in the {len(args.results)} files given")
+    for shared, runs in groups.items():
+        name, *settings = shared
+        print(f"## {name} at {args.target:.0%}: " + ", ".join(f"{k} {v}" for k, v in settings) + "\n")
+        for test, dev in sorted(references.get(shared, ())):
+            print(f"dense teacher: test {test:.2f} %, dev {dev:.2f} %\n")
+        print(per_variant(runs) + "\n")
+        print(paired(runs, args.all_pairs) + "\n")
+
+
+if __name__ == "__main__":
+    main()
