@@ -4,7 +4,7 @@ One accuracy run is one seed; whether one method is above another needs several,
 together. This groups the cells of `bench_accuracy.py` result files by what they ran
 (method, its options, budget and data; everything but `--prune-seed` and the machine), and
 prints, per group, the seeds it has with their test and dev accuracy, mean and standard
-deviation; then, for each pair of groups that share the budget and data, the per-seed
+deviation over seeds (a seed run on several machines counts once, at its mean); then, for each pair of groups that share the budget and data, the per-seed
 difference on the seeds both ran (same data order and same teacher, so the pairing removes
 the spread the seeds share) with its mean and standard error: by default each mlprune
 variant against each baseline.
@@ -108,16 +108,19 @@ def per_variant(runs: dict[str, list[Run]]) -> str:
     for name in ordered(runs):
         rs = sorted(runs[name], key=lambda r: (r.seed, r.source))
         seeds = ", ".join(f"{r.seed}: {r.test:.2f} ({r.dev:.2f})" + (f" [{r.machine}]" if several else "") for r in rs)
-        rows.append([name, len(rs), seeds, _mean_sd([r.test for r in rs]), _mean_sd([r.dev for r in rs])])
-    return markdown_table(["method", "runs", "seed: test (dev)", "test mean ± sd", "dev mean ± sd"], rows)
+        per_seed = by_seed(rs).values()
+        rows.append([name, len(per_seed), seeds, _mean_sd([v["test"] for v in per_seed]),
+                     _mean_sd([v["dev"] for v in per_seed])])
+    return markdown_table(["method", "seeds", "seed: test (dev)", "test mean ± sd", "dev mean ± sd"], rows)
 
 
-def by_seed(runs: list[Run]) -> dict[int, Run]:
-    """One run per seed: where a seed ran more than once (another machine), the first file's."""
-    out: dict[int, Run] = {}
-    for r in sorted(runs, key=lambda r: r.source):
-        out.setdefault(r.seed, r)
-    return out
+def by_seed(runs: list[Run]) -> dict[int, dict[str, float]]:
+    """{seed: {"test": ..., "dev": ...}}; a seed run more than once (on other machines) counts once, at its mean."""
+    seeds: dict[int, list[Run]] = defaultdict(list)
+    for r in runs:
+        seeds[r.seed].append(r)
+    return {seed: {split: statistics.mean(getattr(r, split) for r in rs) for split in ("test", "dev")}
+            for seed, rs in sorted(seeds.items())}
 
 
 def paired(runs: dict[str, list[Run]], all_pairs: bool = False) -> str:
@@ -132,7 +135,7 @@ def paired(runs: dict[str, list[Run]], all_pairs: bool = False) -> str:
             if not seeds:
                 continue
             for split in ("test", "dev"):
-                diffs = [getattr(ra[s], split) - getattr(rb[s], split) for s in seeds]
+                diffs = [ra[s][split] - rb[s][split] for s in seeds]
                 mean = statistics.mean(diffs)
                 se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
                 rows.append([a, b, split, ", ".join(str(s) for s in seeds), " ".join(f"{d:+.2f}" for d in diffs),

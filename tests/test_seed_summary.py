@@ -59,7 +59,7 @@ def test_machines_are_named_when_runs_come_from_several(tmp_path, capsys):
     ]
     seed_summary.main([str(f) for f in files])
     out = capsys.readouterr().out
-    assert "1: 79.00 (81.00) [AMD avx2], 1: 78.00 (80.00) [Intel amx]" in out
+    assert "| 1 | 1: 79.00 (81.00) [AMD avx2], 1: 78.00 (80.00) [Intel amx] | 78.50 | 80.50 |" in out, "one seed, at its mean"
 
 
 def test_bad_files_and_empty_selections_say_what_is_wrong(tmp_path):
