@@ -4,8 +4,8 @@ One accuracy run is one seed; whether one method is above another needs several,
 together. This groups the cells of `bench_accuracy.py` result files by what they ran
 (method, its options, budget and data; everything but `--prune-seed` and the machine), and
 prints, per group, the seeds it has with their test and dev accuracy, mean and standard
-deviation over seeds (a seed run on several machines counts once, at its mean); then, for each pair of groups that share the budget and data, the per-seed
-difference on the seeds both ran (same data order and same teacher, so the pairing removes
+deviation over seeds (a seed run on several machines counts once, at its mean); then, for
+each pair of groups that share the budget and data, the per-seed difference on the seeds both ran (same data order and same teacher, so the pairing removes
 the spread the seeds share) with its mean and standard error: by default each mlprune
 variant against each baseline.
 
@@ -19,7 +19,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,13 +61,17 @@ def machine_tag(header: str) -> str:
     return f"{vendor} {isa}"
 
 
-references: dict[tuple, set[tuple[float, float]]] = defaultdict(set)  # the dense teacher's (test, dev) per group
+@dataclass
+class Comparison:
+    """The runs that share one budget and data set, by variant, and the dense teacher(s) they started from."""
+
+    runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))
+    dense: set[tuple[float, float]] = field(default_factory=set)  # (test, dev)
 
 
-def collect(paths: list[Path], dataset: str | None, target: float) -> dict[tuple, dict[str, list[Run]]]:
-    """{shared settings: {variant: runs}} over every cell at `target` in `paths`."""
-    groups: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
-    references.clear()
+def collect(paths: list[Path], dataset: str | None, target: float) -> dict[tuple, Comparison]:
+    """{shared settings: Comparison} over every cell at `target` in `paths`."""
+    groups: dict[tuple, Comparison] = defaultdict(Comparison)
     for path in paths:
         try:
             saved = json.loads(path.read_text())
@@ -82,13 +86,13 @@ def collect(paths: list[Path], dataset: str | None, target: float) -> dict[tuple
             shared = (name,) + tuple((k, settings.get(k)) for k in SHARED)
             dense = entry.get("dense") or {}
             if dense.get("test_acc") is not None:
-                references[shared].add((100 * dense["test_acc"], 100 * dense["dev_acc"]))
+                groups[shared].dense.add((100 * dense["test_acc"], 100 * dense["dev_acc"]))
             for cell in entry.get("cells", {}).values():
                 if abs(cell.get("target", -1) - target) > 1e-9 or cell.get("test_acc") is None:
                     continue
                 run = Run(settings["prune_seed"], 100 * cell["test_acc"], 100 * cell["dev_acc"], machine, path.name)
-                groups[shared][variant(cell["method"], settings)].append(run)
-    return groups
+                groups[shared].runs[variant(cell["method"], settings)].append(run)
+    return {k: g for k, g in groups.items() if g.runs}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -154,13 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     groups = collect(args.results, args.dataset, args.target)
     if not groups:
         raise SystemExit(f"no cell at target {args.target} in the {len(args.results)} files given")
-    for shared, runs in groups.items():
+    for shared, group in groups.items():
         name, *settings = shared
         print(f"## {name} at {args.target:.0%}: " + ", ".join(f"{k} {v}" for k, v in settings) + "\n")
-        for test, dev in sorted(references.get(shared, ())):
+        for test, dev in sorted(group.dense):
             print(f"dense teacher: test {test:.2f} %, dev {dev:.2f} %\n")
-        print(per_variant(runs) + "\n")
-        print(paired(runs, args.all_pairs) + "\n")
+        print(per_variant(group.runs) + "\n")
+        print(paired(group.runs, args.all_pairs) + "\n")
 
 
 if __name__ == "__main__":
