@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -55,10 +56,11 @@ def variant(method: str, settings: dict) -> str:
 
 
 def machine_tag(header: str) -> str:
-    """'AMD avx2', 'AMD avx512', 'Intel amx': enough to tell this project's VMs apart in a table."""
+    """'AMD avx2', 'AMD avx512 25/17', 'Intel amx': the vendor, the widest ISA, and family/model where recorded."""
     isa = "amx" if "amx" in header else "avx512" if "avx512f" in header else "avx2" if "avx2" in header else "?"
     vendor = header.split()[0].removesuffix("(R)") if header else "?"
-    return f"{vendor} {isa}"
+    ids = re.search(r"\(family (\d+) model (\d+)\)", header)
+    return f"{vendor} {isa}" + (f" {ids[1]}/{ids[2]}" if ids else "")
 
 
 @dataclass

@@ -12,17 +12,24 @@ from collections.abc import Callable
 
 
 def cpu_description() -> dict[str, str]:
-    model, flags = platform.processor() or "unknown", set()
+    """CPU name with its family and model (VMs that share a name can be different cores), cores, ISA flags."""
+    model, flags, ids = platform.processor() or "unknown", set(), {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and model in ("unknown", "", platform.processor()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("unknown", "", platform.processor()):
+                    model = value.strip()
+                elif key in ("cpu family", "model"):
+                    ids.setdefault(key, value.strip())
+                elif key == "flags":
+                    flags = set(value.split())
                     break
     except OSError:
         pass
+    if len(ids) == 2:
+        model += f" (family {ids['cpu family']} model {ids['model']})"
     wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile"]
     return {
         "cpu": model,

@@ -55,11 +55,11 @@ def test_machines_are_named_when_runs_come_from_several(tmp_path, capsys):
     files = [
         write(tmp_path, "a.json", 1, {"mlprune": (0.79, 0.81)}),
         write(tmp_path, "b.json", 1, {"mlprune": (0.78, 0.80)},
-              machine="Intel(R) Xeon(R) Processor, 2 cores, flags: avx2 fma avx512f amx_tile"),
+              machine="Intel(R) Xeon(R) Processor (family 6 model 207), 2 cores, flags: avx2 fma avx512f amx_tile"),
     ]
     seed_summary.main([str(f) for f in files])
     out = capsys.readouterr().out
-    assert "| 1 | 1: 79.00 (81.00) [AMD avx2], 1: 78.00 (80.00) [Intel amx] | 78.50 | 80.50 |" in out, "one seed, at its mean"
+    assert "| 1 | 1: 79.00 (81.00) [AMD avx2], 1: 78.00 (80.00) [Intel amx 6/207] | 78.50 | 80.50 |" in out, "one seed, at its mean"
 
 
 def test_bad_files_and_empty_selections_say_what_is_wrong(tmp_path):
