@@ -25,15 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import with_defaults  # noqa: E402
+from bench_accuracy import RESULT_SETTINGS, with_defaults  # noqa: E402
 
 from mlprune_fx.benchmarking import markdown_table  # noqa: E402
 
-# What every method shares in a comparison: the budget, the data, the teacher.
-SHARED = ("finetune_steps", "finetune_lr", "prune_steps", "lr", "batch_size", "max_length", "examples", "seed",
-          "distill", "group_by_length")
-# Options that only the mlprune methods read.
+# Options that only the mlprune methods read: they tell variants apart.
 MLPRUNE_OPTIONS = ("lambda_f", "descent", "output_rows", "hold_masks")
+# What every method in a comparison shares: the benchmark's own result settings, less the above,
+# the seed (paired, not grouped on) and the device (the same computation either way).
+SHARED = tuple(k for k in RESULT_SETTINGS if k not in MLPRUNE_OPTIONS + ("prune_seed", "device"))
 
 
 @dataclass(frozen=True)
