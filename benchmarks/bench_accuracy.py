@@ -47,6 +47,7 @@ import mlprune_fx as mp  # noqa: E402
 from mlprune_fx.benchmarking import machine_header, markdown_table, time_side_by_side  # noqa: E402
 from mlprune_fx.data import batches, load_dataset, tokenize  # noqa: E402
 from mlprune_fx.distill import DistillConfig, enable_distillation_outputs  # noqa: E402
+from mlprune_fx.leap import TARGET_SCHEDULES  # noqa: E402
 from mlprune_fx.models import load_packaged_model  # noqa: E402
 from mlprune_fx.pipeline import drop_outputs, two_step_prune  # noqa: E402
 from mlprune_fx.training import ADJUST_WARNING, DESCENT, accuracy, describe_adjust, train  # noqa: E402
@@ -57,11 +58,11 @@ TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
                    "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows", "prune_seed",
-                   "group_by_length", "hold_masks")
+                   "group_by_length", "hold_masks", "target_schedule", "separate_clipping")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": DESCENT,
                     "output_rows": mp.PruningConfig().prune_output_rows, "group_by_length": False,
-                    "hold_masks": False}
+                    "hold_masks": False, "target_schedule": "constant", "separate_clipping": False}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -172,7 +173,8 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
     prepared = mp.prepare(student, config, data.example)
     log = train(prepared, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None,
                 distill=kd, progress=args.progress, desc=f"mlprune {target}", descent=args.descent,
-                hold_masks=args.hold_masks)
+                hold_masks=args.hold_masks, target_schedule=args.target_schedule,
+                separate_clipping=args.separate_clipping)
     report = mp.sparsity_report(prepared)
     converted = mp.convert(prepared)
     if hidden:
@@ -196,7 +198,8 @@ def run_mlprune_2step(dense, target: float, data: Data, args, kd: DistillConfig 
                             r2=target / TWO_STEP_R1, second="block", block_size=32, teacher=dense,
                             example_inputs=data.example, distill=kd if kd is not None else False,
                             progress=args.progress, lr=args.lr, pruning=pruning_options(args),
-                            descent=args.descent, hold_masks=args.hold_masks)
+                            descent=args.descent, hold_masks=args.hold_masks,
+                            target_schedule=args.target_schedule, separate_clipping=args.separate_clipping)
     blocks = sum(1 for n in result.model.graph.nodes if "block_sparse_linear" in str(n.target))
     notes = [f"step 1 heads + rows to {result.reports[0].remaining:.3f} ({steps1} steps), "
              f"step 2 32x32 blocks to {result.reports[1].remaining:.3f} of that ({args.prune_steps - steps1} steps); "
@@ -337,6 +340,8 @@ def report(results: dict, args, header: str) -> str:
     s = with_defaults(results["settings"])
     kept_rows = ", output rows of the attention-output and FFN-output linears kept"
     held = ", masks (thresholds and scores) held from then on"
+    apart = ", thresholds' gradients clipped apart from the weights' and scores'"
+    cubic = " toward a target lowered from 1 on a cubic schedule"
     dense_seed = "" if s["prune_seed"] == s["seed"] else f"; splits and dense fine-tuning seed {s['seed']}"
     parts = [
         "## Accuracy at equal remaining encoder weights", "",
@@ -347,7 +352,8 @@ def report(results: dict, args, header: str) -> str:
         f"{s['batch_size']}{', grouped by length' if s['group_by_length'] else ''}, max length {s['max_length']}, "
         f"seed {s['prune_seed']}{dense_seed}) with distillation `{s['distill']}` "
         f"from the dense model, on {s['device']}; mlprune's regulariser lambda_f "
-        f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps{held if s['hold_masks'] else ''}"
+        f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps{cubic if s['target_schedule'] == 'cubic' else ''}"
+        f"{held if s['hold_masks'] else ''}{apart if s['separate_clipping'] else ''}"
         f"{'' if s['output_rows'] else kept_rows}. "
         f"remaining: share of the encoder linear weights (Q, K, V, O, FC1, FC2 of all layers) the model keeps; "
         f"params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
@@ -452,6 +458,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hold-masks", action="store_true",
                    help="mlprune methods hold the mask scores too from the hold on (train(hold_masks=True)): the "
                         "kept units stay fixed and only the weights keep training")
+    p.add_argument("--target-schedule", choices=TARGET_SCHEDULES, default=SETTING_DEFAULTS["target_schedule"],
+                   help="what the mlprune methods' regulariser pulls toward during the descent: the final target "
+                        "from the start (constant), or one lowered from 1 to it (cubic)")
+    p.add_argument("--separate-clipping", action="store_true",
+                   help="mlprune methods clip the thresholds' gradients apart from the weights' and scores' "
+                        "(train(separate_clipping=True)): the regulariser's large gradient on the thresholds no "
+                        "longer shrinks the weights' steps")
     p.add_argument("--no-output-rows", dest="output_rows", action="store_false",
                    help="mlprune methods keep every output row of the attention-output and FFN-output linears "
                         "(PruningConfig.prune_output_rows=False): the budget goes to heads and FFN rows alone")

@@ -19,8 +19,11 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .distill import DistillConfig, KDLoss
-from .leap import penalty
-from .training import DESCENT, ThresholdHold, default_mask_lr, hard_remaining, hold_step, is_prepared, optimizer_groups
+from .leap import penalty, scheduled_target
+from .state import mask_modules, pruning_state
+from .training import (
+    DESCENT, ThresholdHold, clipping_groups, default_mask_lr, hard_remaining, hold_step, is_prepared, optimizer_groups,
+)
 
 
 class _HoldCallback(TrainerCallback):
@@ -52,7 +55,9 @@ class LeapTrainer(Trainer):
     scores and thresholds; None derives it from the run length as `training.train`
     does (for the default linear schedule). descent: share of the steps before
     the thresholds are calibrated and held (None: never). hold_masks: hold the
-    mask scores too, so the kept units stay fixed from then on. Everything else is
+    mask scores too, so the kept units stay fixed from then on. separate_clipping:
+    clip the thresholds' gradients to `max_grad_norm` apart from the rest; target_schedule:
+    "constant" or "cubic" (both as in `training.train`). Everything else is
     Trainer's own; use `remove_unused_columns=False` with tensor-dict datasets.
     """
 
@@ -64,6 +69,8 @@ class LeapTrainer(Trainer):
         mask_lr: float | None = None,
         descent: float | None = DESCENT,
         hold_masks: bool = False,
+        separate_clipping: bool = False,
+        target_schedule: str = "constant",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -73,6 +80,9 @@ class LeapTrainer(Trainer):
         self.mask_lr = mask_lr
         self.descent = descent
         self.hold_masks = hold_masks
+        self.separate_clipping = separate_clipping
+        scheduled_target(1.0, 0, 1, target_schedule)  # a bad schedule name fails here, not mid-run
+        self.target_schedule = target_schedule
         self._hold: ThresholdHold | None = None
         self._hold_at: int | None = None
         self._hold_info: dict[str, float] = {}
@@ -111,6 +121,14 @@ class LeapTrainer(Trainer):
             return self.optimizer
         return super().create_optimizer(model)
 
+    def _clip_grad_norm(self, model):
+        inner = self.accelerator.unwrap_model(model)
+        if not self.separate_clipping or not is_prepared(inner) or self._has_mixed_mesh_grads(model):
+            return super()._clip_grad_norm(model)
+        rest, thresholds = clipping_groups(list(model.parameters()), mask_modules(inner).values())
+        self.accelerator.clip_grad_norm_(thresholds, self.args.max_grad_norm)
+        return self.accelerator.clip_grad_norm_(rest, self.args.max_grad_norm)  # the norm Trainer logs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.kd is not None and model.training:
             loss, outputs = self.kd(model, inputs), None
@@ -119,8 +137,11 @@ class LeapTrainer(Trainer):
         inner = self.accelerator.unwrap_model(model)
         if model.training and is_prepared(inner):
             holding = self._hold is not None and self._hold.engaged
+            final = pruning_state(inner, "prepared").config.target
+            until = self._hold_at or self._run_steps()
+            target = scheduled_target(final, self.state.global_step, until, self.target_schedule)
             with torch.set_grad_enabled(not holding):
-                pen = penalty(inner)
+                pen = penalty(inner, target)
             if not holding:
                 loss = loss + pen.loss.to(loss.device)
             self._last = {"rho": pen.rho, "lambda": pen.lam, "penalty": float(pen.loss.detach())}

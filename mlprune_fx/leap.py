@@ -45,12 +45,34 @@ def soft_remaining(gm: fx.GraphModule) -> torch.Tensor:
     return kept / max(total, 1)
 
 
-def penalty(gm: fx.GraphModule) -> Penalty:
-    """R = (rho - r)^2 when rho > r, else 0; lambda adapts to R as in MLPruning."""
+TARGET_SCHEDULES = ("constant", "cubic")
+
+
+def scheduled_target(final: float, step: int, until: int, schedule: str = "constant") -> float:
+    """The target the regulariser pulls toward at `step`.
+
+    "constant" is the final target from the start, as in MLPruning. "cubic" lowers it
+    from 1 to `final` as r + (1 - r) * (1 - step / until)^3, the gradual schedule of
+    magnitude and movement pruning: most units go early, while the weights can still
+    adapt, and the last ones slowly.
+    """
+    if schedule not in TARGET_SCHEDULES:
+        raise ValueError(f"target schedule {schedule!r} is not one of {TARGET_SCHEDULES}")
+    if schedule == "constant" or until < 1:
+        return final
+    left = max(0.0, 1.0 - step / until)
+    return final + (1.0 - final) * left**3
+
+
+def penalty(gm: fx.GraphModule, target: float | None = None) -> Penalty:
+    """R = (rho - r)^2 when rho > r, else 0; lambda adapts to R as in MLPruning.
+
+    target: the r of this step (a schedule's); None is the config's final target.
+    """
     state = pruning_state(gm, "prepared")
     cfg = state.config
     rho = soft_remaining(gm)
-    r = cfg.target
+    r = cfg.target if target is None else target
     distance = torch.clamp(rho - r, min=0.0) ** 2
     d = float(distance.detach())
     if d < cfg.small_penalty:

@@ -38,7 +38,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from .distill import DistillConfig, KDLoss, accepted_arguments
-from .leap import penalty
+from .leap import penalty, scheduled_target
 from .masking import expand_blocks, expand_units
 from .state import MASK_CONTAINER, mask_modules, pruning_state
 
@@ -274,6 +274,8 @@ class TrainLog:
 
     hold_churn: share of the units kept when the hold began that the trained model no
     longer keeps (scores go on learning under held thresholds; 0 with `hold_masks`).
+    grad_norm, threshold_grad_norm: per step (when clipping), the gradient norm of the
+    weights and scores, and of the thresholds (prepared models), before clipping.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -288,6 +290,8 @@ class TrainLog:
     before_hold: float | None = None
     hold_churn: float | None = None
     kd: list[dict[str, float]] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    threshold_grad_norm: list[float] = field(default_factory=list)
 
 
 def _cycle(batches: Iterable[dict] | Callable[[int], Iterable[dict]]) -> Iterator[dict]:
@@ -319,6 +323,30 @@ def hold_step(steps: int, descent: float | None) -> int | None:
     return max(1, round(descent * steps))
 
 
+def clipping_groups(params: list[nn.Parameter], masks: Iterable[nn.Module]) -> tuple[list, list]:
+    """`params` split into (weights and scores, thresholds)."""
+    thresholds = {id(m.threshold) for m in masks}
+    return [p for p in params if id(p) not in thresholds], [p for p in params if id(p) in thresholds]
+
+
+def clip_gradients(rest: list, thresholds: list, clip: float, separate: bool) -> tuple[float, float]:
+    """Clip the gradients to norm `clip`, the thresholds' by their own norm when `separate`.
+
+    Returns the norms before clipping of (weights and scores, thresholds).
+    """
+    def norm(params):
+        grads = [p.grad for p in params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+    a, b = norm(rest), norm(thresholds)
+    if separate:
+        torch.nn.utils.clip_grads_with_norm_(rest, clip, a)
+        torch.nn.utils.clip_grads_with_norm_(thresholds, clip, b)
+    else:
+        torch.nn.utils.clip_grads_with_norm_(rest + thresholds, clip, torch.hypot(a, b.to(a.device)))
+    return float(a), float(b)
+
+
 def train(
     model: nn.Module,
     batches: Iterable[dict] | Callable[[int], Iterable[dict]],
@@ -328,6 +356,7 @@ def train(
     mask_lr: float | None = None,
     warmup: float = 0.1,
     clip: float = 1.0,
+    separate_clipping: bool = False,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
     freeze_embeddings: bool = False,
     progress: bool = True,
@@ -336,6 +365,7 @@ def train(
     distill: DistillConfig | None = None,
     descent: float | None = DESCENT,
     hold_masks: bool = False,
+    target_schedule: str = "constant",
     weight_decay: float = 0.0,
     threshold_betas: tuple[float, float] | None = THRESHOLD_BETAS,
     log_every: int | None = None,
@@ -352,6 +382,11 @@ def train(
     descent: share of the steps the regulariser drives the thresholds; then they are
     calibrated to the hard target and held (None: the regulariser runs to the end).
     hold_masks: hold the scores too, so the masks stay as the hold found them.
+    separate_clipping: clip the thresholds' gradients to `clip` apart from those of the
+    weights and scores. Clipped together, the regulariser's gradient on the thresholds,
+    large by design, shrinks the weights' steps while the masks descend.
+    target_schedule: "constant" pulls toward the final target from the first step;
+    "cubic" lowers the target from 1 to it over the descent (`leap.scheduled_target`).
     threshold_betas: Adam betas of the thresholds (default: no momentum).
     model may be wrapped in DistributedDataParallel; every rank calibrates alike.
     checkpoint / save_every: write model, optimizer, scheduler, RNG, log and hold
@@ -376,8 +411,11 @@ def train(
     scheduler = linear_schedule(optimizer, steps, int(warmup * steps))
     hold_at = hold_step(steps, descent) if prepared else None
     hold = ThresholdHold(inner, freeze_scores=hold_masks) if hold_at is not None else None
+    final_target = pruning_state(inner, "prepared").config.target if prepared else 1.0
+    scheduled_target(final_target, 0, steps, target_schedule)  # a bad schedule name fails before any work
     every = log_every or max(1, steps // 100)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    rest, thresholds = clipping_groups(params, mask_modules(inner).values() if prepared else ())
     model.train()
     data = _cycle(batches)
     start = 0
@@ -397,7 +435,7 @@ def train(
             if prepared:
                 holding = hold is not None and hold.engaged
                 with torch.set_grad_enabled(not holding):
-                    pen = penalty(inner)
+                    pen = penalty(inner, scheduled_target(final_target, step, hold_at or steps, target_schedule))
                 if not holding:
                     loss = task + pen.loss
                 info.update(rho=f"{pen.rho:.3f}", lam=f"{pen.lam:.0f}")
@@ -407,7 +445,10 @@ def train(
             if hold is not None:
                 hold.drop_grads()
             if clip:
-                torch.nn.utils.clip_grad_norm_(params, clip)
+                norms = clip_gradients(rest, thresholds, clip, separate_clipping)
+                log.grad_norm.append(norms[0])
+                if thresholds:
+                    log.threshold_grad_norm.append(norms[1])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -95,3 +95,45 @@ def test_trainer_distils_from_a_teacher_and_derives_the_mask_lr(tmp_path):
     after = {k: float(m.threshold.detach()) for k, m in mask_modules(prepared).items()}
     assert all(after[k] < before[k] for k in before)
     assert "hold_adjust" not in trainer.state.log_history[-2]
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_trainer_separate_clipping_gives_the_thresholds_their_own_norm(tmp_path, separate):
+    _, prepared = _prepared(0.5)
+    thresholds = {id(m.threshold) for m in mask_modules(prepared).values()}
+    trainer = LeapTrainer(model=prepared, args=_args(tmp_path, 2), train_dataset=_Examples(), mask_lr=0.5,
+                          separate_clipping=separate)
+    clipped = []
+    real_clip = trainer.accelerator.clip_grad_norm_
+
+    def recording(params, max_norm, *args, **kwargs):
+        params = list(params)
+        clipped.append({id(p) for p in params})
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    trainer.accelerator.clip_grad_norm_ = recording
+    trainer.train()
+    everything = {id(p) for p in prepared.parameters()}
+    steps = [ids for ids in clipped if ids]  # Trainer may also measure norms without clipping
+    expected = [thresholds, everything - thresholds] if separate else [everything]
+    assert steps[: len(expected)] == expected and len(steps) == 2 * len(expected)
+
+
+def test_trainer_cubic_target_schedule(tmp_path, monkeypatch):
+    import mlprune_fx.hf as hf
+
+    _, prepared = _prepared(0.5)
+    targets = []
+
+    def recording(gm, target=None):
+        targets.append(target)
+        return mp.penalty(gm, target)
+
+    monkeypatch.setattr(hf, "penalty", recording)
+    trainer = LeapTrainer(model=prepared, args=_args(tmp_path, 8), train_dataset=_Examples(), mask_lr=0.5,
+                          descent=0.5, target_schedule="cubic")
+    trainer.train()
+    assert targets[0] == 1.0 and targets[4:] == [0.5] * 4  # the hold begins after step 4
+    assert all(a > b for a, b in zip(targets[:4], targets[1:5]))
+    with pytest.raises(ValueError, match="cubic"):
+        LeapTrainer(model=prepared, args=_args(tmp_path, 2), train_dataset=_Examples(), target_schedule="steps")

@@ -102,3 +102,15 @@ def test_bad_config_is_rejected_with_a_reason(bad):
 def test_config_must_be_a_pruning_config():
     with pytest.raises(mp.ConfigError, match="PruningConfig"):
         mp.prepare(tiny_model("bert"), {"target": 0.5}, example_inputs())
+
+
+def test_scheduled_target():
+    from mlprune_fx.leap import scheduled_target
+
+    assert [scheduled_target(0.2, s, 10) for s in (0, 5, 10, 20)] == [0.2] * 4
+    cubic = [scheduled_target(0.2, s, 10, "cubic") for s in range(12)]
+    assert cubic[0] == 1.0 and cubic[10:] == [0.2, 0.2]
+    assert cubic[5] == pytest.approx(0.2 + 0.8 / 8)
+    assert all(a > b for a, b in zip(cubic[:10], cubic[1:11]))
+    with pytest.raises(ValueError, match="cubic"):
+        scheduled_target(0.2, 0, 10, "exponential")

@@ -9,7 +9,7 @@ import mlprune_fx as mp
 from mlprune_fx.leap import soft_remaining
 from mlprune_fx.pipeline import drop_outputs, two_step_prune
 from mlprune_fx.state import mask_modules
-from mlprune_fx.training import ThresholdHold, default_mask_lr, hard_remaining, scaled_ratios, schedule_factor, train
+from mlprune_fx.training import ThresholdHold, clip_gradients, default_mask_lr, hard_remaining, scaled_ratios, schedule_factor, train
 
 from conftest import example_inputs, prepare_tiny, randomize_masks, tiny_model
 
@@ -226,3 +226,40 @@ def test_drop_outputs_removes_fields_and_keeps_the_rest():
     drop_outputs(converted, ["hidden_states"])
     out = converted(**batch)
     assert list(out.keys()) == ["logits"] and torch.equal(out.logits, expected)
+
+
+@pytest.mark.filterwarnings("ignore:the regulariser left")  # ten steps are too few to reach the target
+def test_cubic_target_schedule_lowers_the_regulariser_target_over_the_descent(monkeypatch):
+    from mlprune_fx import training
+
+    prepared = _prepared(("head", "row"), target=0.3, layers=2)
+    targets = []
+
+    def recording(gm, target=None):
+        targets.append(target)
+        return mp.penalty(gm, target)
+
+    monkeypatch.setattr(training, "penalty", recording)
+    train(prepared, [_batch(s) for s in range(3)], 10, mask_lr=0.5, descent=0.5, target_schedule="cubic", progress=False)
+    assert targets[0] == 1.0 and targets[5:] == [0.3] * 5  # the hold begins after step 5
+    assert all(a > b for a, b in zip(targets[:5], targets[1:6]))
+    with pytest.raises(ValueError, match="linear"):
+        train(prepared, [_batch(0)], 2, target_schedule="linear", progress=False)
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_clip_gradients_clips_thresholds_apart_only_when_separate(separate):
+    weight, threshold = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(()))
+    weight.grad, threshold.grad = torch.tensor([0.3, 0.4]), torch.tensor(100.0)  # norms 0.5 and 100
+    assert clip_gradients([weight], [threshold], 1.0, separate) == pytest.approx((0.5, 100.0))
+    assert float(threshold.grad) == pytest.approx(1.0 if separate else 100 / math.hypot(0.5, 100), rel=1e-5)
+    # apart, the weights stay below the clip and keep their gradient; together the thresholds' norm shrinks it
+    expected = [0.3, 0.4] if separate else [0.3 / math.hypot(0.5, 100), 0.4 / math.hypot(0.5, 100)]
+    assert weight.grad.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_logs_the_gradient_norms_before_clipping():
+    prepared = _prepared(("head", "row"), target=0.3, layers=1)
+    log = train(prepared, [_batch(0)], 3, mask_lr=0.5, descent=None, separate_clipping=True, progress=False)
+    assert len(log.grad_norm) == len(log.threshold_grad_norm) == 3
+    assert all(x > 0 and math.isfinite(x) for x in log.grad_norm + log.threshold_grad_norm)
