@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     real = training.clip_gradients
     norms: list[tuple[float, float]] = []
 
-    def recording(rest, thresholds, clip, separate):
-        norms.append(real(rest, thresholds, clip, separate))
+    def recording(params, masks, clip, separate):
+        norms.append(real(params, masks, clip, separate))
         if len(norms) >= own.probe_steps:
             raise _Enough
         return norms[-1]

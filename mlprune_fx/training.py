@@ -329,21 +329,22 @@ def clipping_groups(params: list[nn.Parameter], masks: Iterable[nn.Module]) -> t
     return [p for p in params if id(p) not in thresholds], [p for p in params if id(p) in thresholds]
 
 
-def clip_gradients(rest: list, thresholds: list, clip: float, separate: bool) -> tuple[float, float]:
+def clip_gradients(params: list[nn.Parameter], masks: Iterable[nn.Module], clip: float, separate: bool) -> tuple[float, float]:
     """Clip the gradients to norm `clip`, the thresholds' by their own norm when `separate`.
 
     Returns the norms before clipping of (weights and scores, thresholds).
     """
-    def norm(params):
-        grads = [p.grad for p in params if p.grad is not None]
+    def norm(group):
+        grads = [p.grad for p in group if p.grad is not None]
         return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
+    rest, thresholds = clipping_groups(params, masks)
     a, b = norm(rest), norm(thresholds)
     if separate:
         torch.nn.utils.clip_grads_with_norm_(rest, clip, a)
         torch.nn.utils.clip_grads_with_norm_(thresholds, clip, b)
-    else:
-        torch.nn.utils.clip_grads_with_norm_(rest + thresholds, clip, torch.hypot(a, b.to(a.device)))
+    else:  # clip_grad_norm_ itself, in the same order, so runs made before this option repeat to the bit
+        torch.nn.utils.clip_grad_norm_(params, clip)
     return float(a), float(b)
 
 
@@ -415,7 +416,7 @@ def train(
     scheduled_target(final_target, 0, steps, target_schedule)  # a bad schedule name fails before any work
     every = log_every or max(1, steps // 100)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    rest, thresholds = clipping_groups(params, mask_modules(inner).values() if prepared else ())
+    masks = list(mask_modules(inner).values()) if prepared else []
     model.train()
     data = _cycle(batches)
     start = 0
@@ -445,9 +446,9 @@ def train(
             if hold is not None:
                 hold.drop_grads()
             if clip:
-                norms = clip_gradients(rest, thresholds, clip, separate_clipping)
+                norms = clip_gradients(params, masks, clip, separate_clipping)
                 log.grad_norm.append(norms[0])
-                if thresholds:
+                if masks:
                     log.threshold_grad_norm.append(norms[1])
             optimizer.step()
             scheduler.step()

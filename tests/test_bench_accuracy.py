@@ -30,7 +30,7 @@ def small_bert(monkeypatch):
 
 def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     """One run of every method, its resume, and a second seed on the reused dense model."""
-    seen = {"first_batches": [], "descent": [], "hold_masks": []}
+    seen = {"first_batches": [], "descent": [], "hold_masks": [], "options": []}
     prepare, train = bench_accuracy.mp.prepare, bench_accuracy.train
 
     def spy_prepare(model, config=None, *a, **k):
@@ -42,6 +42,7 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
         seen["first_batches"].append(next(iter(data(0)))["input_ids"].clone())
         seen["descent"].append(k.get("descent"))
         seen["hold_masks"].append(k.get("hold_masks"))
+        seen["options"].append((k.get("target_schedule"), k.get("separate_clipping")))
         return train(model, data, *a, **k)
 
     monkeypatch.setattr(bench_accuracy.mp, "prepare", spy_prepare)
@@ -50,7 +51,8 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     argv = ["--datasets", "rotten_tomatoes", "--targets", "0.5", "1", "--methods", *methods, "dense_more", "--examples", "120",
             "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
             "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
-            "--descent", "0.25", "--hold-masks", "--no-output-rows", "--lambda-f", "3e4", "--out", str(tmp_path)]
+            "--descent", "0.25", "--hold-masks", "--no-output-rows", "--lambda-f", "3e4", "--target-schedule", "cubic",
+            "--separate-clipping", "--out", str(tmp_path)]
     bench_accuracy.main(argv)
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["datasets"]["rotten_tomatoes"]
@@ -70,6 +72,8 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     assert results["settings"]["descent"] == 0.25 and results["settings"]["output_rows"] is False
     assert results["settings"]["hold_masks"] is True
     assert "descent 0.25" in table and "masks (thresholds and scores) held" in table
+    assert ("cubic", True) in seen["options"] and "cubic schedule" in table and "clipped apart" in table
+    assert (results["settings"]["target_schedule"], results["settings"]["separate_clipping"]) == ("cubic", True)
     # by default the methods shuffle as the dense run did
     dense_batch = seen["first_batches"][0]
     assert all(bool((b == dense_batch).all()) for b in seen["first_batches"][1:])
@@ -98,6 +102,13 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
         bench_accuracy.main(again + ["--prune-steps", "2", "--resume"])
     with pytest.raises(SystemExit, match="group_by_length"):
         bench_accuracy.main(again + ["--group-by-length", "--dense-from", str(tmp_path), "--out", str(tmp_path / "y")])
+
+    import clip_probe
+
+    capsys.readouterr()
+    clip_probe.main(["--probe-steps", "3", "--every", "1", *again, "--dense-from", str(tmp_path), "--out", str(tmp_path / "p")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3  # one row per probed step: norms before clipping, factors together and apart
 
 
 def test_group_by_length_batches_with_less_padding():

@@ -1,6 +1,7 @@
 """Training toward the target: regulariser for unstructured / block / hybrid masks, the hold, two steps."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -251,7 +252,8 @@ def test_cubic_target_schedule_lowers_the_regulariser_target_over_the_descent(mo
 def test_clip_gradients_clips_thresholds_apart_only_when_separate(separate):
     weight, threshold = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(()))
     weight.grad, threshold.grad = torch.tensor([0.3, 0.4]), torch.tensor(100.0)  # norms 0.5 and 100
-    assert clip_gradients([weight], [threshold], 1.0, separate) == pytest.approx((0.5, 100.0))
+    mask = types.SimpleNamespace(threshold=threshold)
+    assert clip_gradients([weight, threshold], [mask], 1.0, separate) == pytest.approx((0.5, 100.0))
     assert float(threshold.grad) == pytest.approx(1.0 if separate else 100 / math.hypot(0.5, 100), rel=1e-5)
     # apart, the weights stay below the clip and keep their gradient; together the thresholds' norm shrinks it
     expected = [0.3, 0.4] if separate else [0.3 / math.hypot(0.5, 100), 0.4 / math.hypot(0.5, 100)]
