@@ -329,7 +329,9 @@ def clipping_groups(params: list[nn.Parameter], masks: Iterable[nn.Module]) -> t
     return [p for p in params if id(p) not in thresholds], [p for p in params if id(p) in thresholds]
 
 
-def clip_gradients(params: list[nn.Parameter], masks: Iterable[nn.Module], clip: float, separate: bool) -> tuple[float, float]:
+def clip_gradients(
+    params: list[nn.Parameter], masks: Iterable[nn.Module], clip: float, separate: bool
+) -> tuple[float, float]:
     """Clip the gradients to norm `clip`, the thresholds' by their own norm when `separate`.
 
     Returns the norms before clipping of (weights and scores, thresholds).
