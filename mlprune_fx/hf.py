@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .distill import DistillConfig, KDLoss
-from .leap import penalty, scheduled_target
+from .leap import check_schedule, penalty, scheduled_target
 from .state import mask_modules, pruning_state
 from .training import (
     DESCENT, ThresholdHold, clipping_groups, default_mask_lr, hard_remaining, hold_step, is_prepared, optimizer_groups,
@@ -81,7 +81,7 @@ class LeapTrainer(Trainer):
         self.descent = descent
         self.hold_masks = hold_masks
         self.separate_clipping = separate_clipping
-        scheduled_target(1.0, 0, 1, target_schedule)  # a bad schedule name fails here, not mid-run
+        check_schedule(target_schedule)
         self.target_schedule = target_schedule
         self._hold: ThresholdHold | None = None
         self._hold_at: int | None = None

@@ -48,6 +48,12 @@ def soft_remaining(gm: fx.GraphModule) -> torch.Tensor:
 TARGET_SCHEDULES = ("constant", "cubic")
 
 
+def check_schedule(schedule: str) -> None:
+    """Fail before any work on a schedule name `scheduled_target` would refuse mid-run."""
+    if schedule not in TARGET_SCHEDULES:
+        raise ValueError(f"target schedule {schedule!r} is not one of {TARGET_SCHEDULES}")
+
+
 def scheduled_target(final: float, step: int, until: int, schedule: str = "constant") -> float:
     """The target the regulariser pulls toward at `step`.
 
@@ -56,8 +62,7 @@ def scheduled_target(final: float, step: int, until: int, schedule: str = "const
     magnitude and movement pruning: most units go early, while the weights can still
     adapt, and the last ones slowly.
     """
-    if schedule not in TARGET_SCHEDULES:
-        raise ValueError(f"target schedule {schedule!r} is not one of {TARGET_SCHEDULES}")
+    check_schedule(schedule)
     if schedule == "constant" or until < 1:
         return final
     left = max(0.0, 1.0 - step / until)

@@ -38,7 +38,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from .distill import DistillConfig, KDLoss, accepted_arguments
-from .leap import penalty, scheduled_target
+from .leap import check_schedule, penalty, scheduled_target
 from .masking import expand_blocks, expand_units
 from .state import MASK_CONTAINER, mask_modules, pruning_state
 
@@ -415,7 +415,7 @@ def train(
     hold_at = hold_step(steps, descent) if prepared else None
     hold = ThresholdHold(inner, freeze_scores=hold_masks) if hold_at is not None else None
     final_target = pruning_state(inner, "prepared").config.target if prepared else 1.0
-    scheduled_target(final_target, 0, steps, target_schedule)  # a bad schedule name fails before any work
+    check_schedule(target_schedule)
     every = log_every or max(1, steps // 100)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     masks = list(mask_modules(inner).values()) if prepared else []
