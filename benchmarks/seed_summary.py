@@ -30,7 +30,8 @@ from bench_accuracy import RESULT_SETTINGS, with_defaults  # noqa: E402
 from mlprune_fx.benchmarking import markdown_table  # noqa: E402
 
 # Options that only the mlprune methods read: they tell variants apart.
-MLPRUNE_OPTIONS = ("lambda_f", "descent", "output_rows", "hold_masks", "target_schedule", "separate_clipping")
+MLPRUNE_OPTIONS = ("lambda_f", "descent", "output_rows", "hold_masks", "target_schedule", "separate_clipping",
+                   "magnitude_prior")
 # What every method in a comparison shares: the benchmark's own result settings, less the above,
 # the seed (paired, not grouped on) and the device (the same computation either way).
 SHARED = tuple(k for k in RESULT_SETTINGS if k not in MLPRUNE_OPTIONS + ("prune_seed", "device"))
@@ -54,6 +55,7 @@ def variant(method: str, settings: dict) -> str:
     words += ["masks held"] if settings["hold_masks"] else []
     words += ["thresholds clipped apart"] if settings["separate_clipping"] else []
     words += [f"{settings['target_schedule']} target"] if settings["target_schedule"] != "constant" else []
+    words += [f"magnitude prior {settings['magnitude_prior']:g}"] if settings["magnitude_prior"] else []
     return f"{method} ({', '.join(words)})"
 
 

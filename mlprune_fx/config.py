@@ -22,6 +22,9 @@ class PruningConfig:
         and FFN-output linears (those channels then carry only the residual).
     initial_threshold / initial_score: starting values of every mask's
         threshold T and scores S (sigmoid(10) ~ 1 keeps nearly everything).
+    magnitude_prior: add the L2 norm of the weights each unit controls, rescaled
+        per mask to [0, magnitude_prior], to the initial scores, so Top-k's first
+        cuts follow magnitude; 0 (the authors' recipe) starts all scores equal.
     lambda_f, lambda_min, lambda_small, small_penalty: the adaptive coefficient
         lambda = max(lambda_f * R / (1 - target)^2, lambda_min), or lambda_small
         when R < small_penalty.
@@ -34,6 +37,7 @@ class PruningConfig:
     prune_output_rows: bool = True
     initial_threshold: float = 10.0
     initial_score: float = 0.0
+    magnitude_prior: float = 0.0
     lambda_f: float = 20000.0
     lambda_min: float = 50.0
     lambda_small: float = 10.0
@@ -61,6 +65,11 @@ class PruningConfig:
         if self.block_size not in (8, 16, 32, 64) and "block" in gran:
             raise ConfigError(
                 f"block_size={self.block_size} is not supported: use 16 or 32 (8 and 64 also work)"
+            )
+        if not self.magnitude_prior >= 0:
+            raise ConfigError(
+                f"magnitude_prior={self.magnitude_prior!r} must be >= 0: it is how far ahead of the "
+                "weakest unit's score the strongest unit's starts (0 starts every score equal)"
             )
         if self.lambda_f < 0 or self.lambda_min < 0 or self.lambda_small < 0:
             raise ConfigError("lambda_f, lambda_min and lambda_small must be >= 0")

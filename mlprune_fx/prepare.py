@@ -11,6 +11,7 @@ from .config import PruningConfig
 from .errors import ConfigError, UnsupportedModelError
 from .passes.analyze import find_structures
 from .passes.capture import capture
+from .passes.init_scores import init_scores
 from .passes.insert_masks import insert_masks
 
 SUPPORTED = "BERT, RoBERTa, DistilBERT, ELECTRA and other BERT-family encoders"
@@ -40,4 +41,4 @@ def prepare(
             f"-> linear). Linears seen: {seen}. mlprune_fx prunes {SUPPORTED}; "
             "run mlprune_fx.describe(model) to see what the graph holds."
         )
-    return insert_masks(gm, structure, config)
+    return init_scores(insert_masks(gm, structure, config), config.magnitude_prior)
