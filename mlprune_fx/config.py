@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -66,10 +67,10 @@ class PruningConfig:
             raise ConfigError(
                 f"block_size={self.block_size} is not supported: use 16 or 32 (8 and 64 also work)"
             )
-        if not self.magnitude_prior >= 0:
+        if not isinstance(self.magnitude_prior, (int, float)) or not 0 <= self.magnitude_prior < math.inf:
             raise ConfigError(
-                f"magnitude_prior={self.magnitude_prior!r} must be >= 0: it is how far ahead of the "
-                "weakest unit's score the strongest unit's starts (0 starts every score equal)"
+                f"magnitude_prior={self.magnitude_prior!r} must be a finite number >= 0: it is how far ahead "
+                "of the weakest unit's score the strongest unit's starts (0 starts every score equal)"
             )
         if self.lambda_f < 0 or self.lambda_min < 0 or self.lambda_small < 0:
             raise ConfigError("lambda_f, lambda_min and lambda_small must be >= 0")

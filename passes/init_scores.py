@@ -15,7 +15,10 @@ from .graph_utils import get_tensor
 
 
 def unit_norms(gm: fx.GraphModule, linears: list[LinearMasks], block_size: int) -> dict[str, torch.Tensor]:
-    """Per mask: the L2 norm of each unit's weights over every linear the mask acts on (a head: its Q, K, V rows and O columns)."""
+    """Per mask: the L2 norm of each unit's weights over every linear the mask acts on.
+
+    A head counts its Q, K and V rows and its O columns; an FFN row its FC1 row and FC2 column.
+    """
     squares: dict[str, torch.Tensor] = {}
 
     def add(key: str, value: torch.Tensor) -> None:
@@ -36,7 +39,7 @@ def unit_norms(gm: fx.GraphModule, linears: list[LinearMasks], block_size: int) 
 
 
 def init_scores(gm: fx.GraphModule, prior: float) -> fx.GraphModule:
-    """Add the units' norms, rescaled to [0, prior], to each mask's scores: the weakest unit gains 0, the strongest `prior`."""
+    """Add the units' norms, rescaled per mask to [0, prior], to the scores: the weakest unit gains 0, the strongest `prior`."""
     if prior == 0:
         return gm
     state = pruning_state(gm, "prepared")

@@ -64,7 +64,7 @@ def test_without_a_prior_every_score_starts_equal():
     assert all(bool((m.scores == 0.5).all()) for m in masks.values())
 
 
-@pytest.mark.parametrize("prior", [-0.1, float("nan")])
-def test_a_negative_or_nan_prior_is_refused(prior):
+@pytest.mark.parametrize("prior", [-0.1, float("nan"), float("inf"), "1"])
+def test_a_prior_that_is_not_a_finite_number_at_least_0_is_refused(prior):
     with pytest.raises(mp.ConfigError, match="magnitude_prior"):
         mp.PruningConfig(magnitude_prior=prior)
