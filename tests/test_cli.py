@@ -127,6 +127,64 @@ def test_keep_output_rows_leaves_the_hidden_width_whole(tmp_path, tiny_hf, tiny_
     assert len(masks) == 4 and {m.granularity for m in masks.values()} == {"head", "row"}  # per layer: heads, FFN rows
 
 
+def test_two_step_prune_flow_uses_the_flags_and_config(tmp_path, tiny_hf, tiny_csv, monkeypatch, capsys):
+    import mlprune_fx.pipeline as pipeline
+
+    seen = {"configs": [], "lr": []}
+    real_prepare, real_train = pipeline.prepare, pipeline.train
+
+    def spy_prepare(model, cfg, *rest, **kw):
+        seen["configs"].append(cfg)
+        return real_prepare(model, cfg, *rest, **kw)
+
+    def spy_train(*rest, **kw):
+        seen["lr"].append((kw["lr"], kw["mask_lr"]))
+        return real_train(*rest, **kw)
+
+    monkeypatch.setattr(pipeline, "prepare", spy_prepare)
+    monkeypatch.setattr(pipeline, "train", spy_train)
+    r = tmp_path / "run"
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps({"lambda_f": 1000, "magnitude_prior": 0.5, "mask_lr": 0.02}))
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    assert run("finetune", "--run", r, "--model", tiny_hf, "--steps", "2", "--batch-size", "8", *data) == 0
+    assert run("prune", "--run", r, "--two-step", "--r1", "0.6", "--r2", "0.5", "--block-size", "16", "--steps", "4",
+               "--steps2", "4", "--lr", "2e-3", "--config", config, "--batch-size", "8", "--quiet") == 0
+    assert [(c.target, c.granularity) for c in seen["configs"]] == [(0.6, ("head", "row")), (0.5, ("block",))]
+    assert all(c.lambda_f == 1000 and c.magnitude_prior == 0.5 and c.block_size == 16 for c in seen["configs"])
+    assert seen["lr"] == [(2e-3, 0.02)] * 2
+    record = json.loads((r / "prune.json").read_text())
+    assert record["mode"] == "two-step" and len(record["logs"]) == 2 and record["lr"] == 2e-3
+    assert record["config"]["lambda_f"] == 1000 and "target" not in record["config"]
+    assert run("convert", "--run", r) == 0
+    assert "nothing to convert" in capsys.readouterr().out
+    assert run("convert", "--run", r, "--no-lower-blocks") == 2
+    assert "one-step runs" in capsys.readouterr().err
+    assert run("export", "--run", r) == 0 and run("evaluate", "--run", r) == 0
+    accuracy = json.loads((r / "evaluate.json").read_text())["accuracy"]
+    assert accuracy["pruned"] == pytest.approx(accuracy["pruned_onnx"], abs=0.1)
+    assert run("report", "--run", r) == 0 and (r / "training_1.png").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target", "0.3"], "drop --target"),
+        (["--granularity", "block"], "drop --granularity"),
+        (["--config", "CONFIG"], "'target' in --config"),
+        (["--resume"], "one-step pruning only"),
+    ],
+)
+def test_two_step_refuses_what_it_would_ignore(tmp_path, tiny_hf, tiny_csv, extra, message, capsys):
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps({"target": 0.3}))
+    extra = [config if a == "CONFIG" else a for a in extra]
+    args = ["--model", tiny_hf, "--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--quiet"]
+    assert run("prune", "--run", tmp_path / "r", "--two-step", *extra, *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "tokenizer").exists()  # refused before any work
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -155,6 +213,36 @@ def test_bad_pruning_config_is_reported(tmp_path, tiny_hf, tiny_csv, capsys):
     args = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16"]
     assert run("prune", "--run", tmp_path / "r", "--model", tiny_hf, "--target", "1.5", *args) == 2
     assert "target=1.5 is outside (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"lamda_f": 1000}, "unknown field(s) lamda_f"), ({"steps": 2.5}, "steps=2.5 must be a positive integer"),
+     ({"lr": "fast"}, "lr='fast' must be a positive number")],
+)
+def test_bad_config_file_fields_are_refused(tmp_path, settings, message, capsys):
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps(settings))
+    assert run("prune", "--run", tmp_path / "r", "--config", config) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_flags_override_the_config_file(tmp_path, tiny_hf, tiny_csv):
+    r = tmp_path / "run"
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps({"target": 0.6, "steps": 9, "lr": 1e-3}))
+    args = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    assert run("prune", "--run", r, "--model", tiny_hf, "--config", config, "--steps", "3", "--target", "0.5",
+               "--batch-size", "8", *args) == 0
+    saved = json.loads((r / "prune.json").read_text())
+    assert (saved["steps"], saved["lr"], saved["config"]["target"]) == (3, 1e-3, 0.5)
+
+
+def test_a_block_size_the_model_cannot_take_is_a_clear_error(tmp_path, tiny_hf, tiny_csv, capsys):
+    args = ["--model", tiny_hf, "--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--quiet"]
+    assert run("prune", "--run", tmp_path / "r", "--granularity", "block", "--block-size", "64", *args) == 2
+    err = capsys.readouterr().err
+    assert "mlprune prune: error: block_size=64 does not divide" in err and "Traceback" not in err
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import MLPruneError
 from .run_dir import CLIError
 
 _EPILOG = "Run `mlprune COMMAND --help` for a command's options."
+PRUNE_DEFAULTS = {"steps": 600, "lr": 1e-4}  # prune's flags default to None, so that --config can set these
 
 
 def _common(parser: argparse.ArgumentParser, device: bool = True) -> None:
@@ -28,7 +30,7 @@ def _common(parser: argparse.ArgumentParser, device: bool = True) -> None:
 
 
 def _batching(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per training step (default 32)")
     parser.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                         help="batch examples in plain shuffled order (default: examples of similar length batched "
                         "together, shuffled within chunks of 50 batches, so little compute goes to padding)")
@@ -41,6 +43,7 @@ def _resumable(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..passes.lower_blocks import DEFAULT_MAX_DENSITY
     from .inputs import add_data_arguments
 
     parser = argparse.ArgumentParser(prog="mlprune", description=__doc__, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune the dense model (the teacher)", description="Fine-tune a Hugging Face encoder for classification; writes RUN/dense.")
     _common(p)
     p.add_argument("--model", help="HF folder or name (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=300, help="training steps, each one batch (default 300)")
     _batching(p)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate, warmed up then decayed linearly (default 5e-5)")
     _resumable(p)
     add_data_arguments(p)
 
@@ -69,18 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never prune the output rows of attention-output and FFN-output linears: the whole budget goes "
                    "to heads and FFN rows, and the hidden width stays whole (a faster model; at 20 %% as accurate on the tweets, "
                    "less on one of two Rotten Tomatoes seeds: see BENCHMARKS.md, 'Keeping the output rows')")
-    p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, ...) and steps / lr / mask_lr")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, lambda_f, ...) and steps / steps2 / lr / mask_lr; "
+                   "flags given as well override it")
+    p.add_argument("--steps", type=int,
+                   help=f"training steps (default {PRUNE_DEFAULTS['steps']}): the thresholds come down over the first half, then stay "
+                   "at the target while the weights recover; with --two-step, the steps of step 1")
     _batching(p)
-    p.add_argument("--lr", type=float, default=1e-4,
-                   help="learning rate of the weights (default 1e-4: pruning needs more recovery than fine-tuning; "
+    p.add_argument("--lr", type=float,
+                   help=f"learning rate of the weights (default {PRUNE_DEFAULTS['lr']:g}: pruning needs more recovery than fine-tuning; "
                    "see BENCHMARKS.md, 'The prune command's learning rate')")
     p.add_argument("--mask-lr", type=float, help="learning rate of scores and thresholds (default: derived from --steps)")
     p.add_argument("--distill", action="store_true", help="distil from the dense model (KL on logits, hidden-state MSE)")
     p.add_argument("--two-step", action="store_true", help="heads+rows to --r1, then blocks to --r2 of what is left")
-    p.add_argument("--r1", type=float, default=0.5)
-    p.add_argument("--r2", type=float, default=0.4)
-    p.add_argument("--second", choices=["block", "unstructured"], default="block")
+    p.add_argument("--r1", type=float, default=0.5, help="with --two-step: remaining fraction after heads and rows (default 0.5)")
+    p.add_argument("--r2", type=float, default=0.4,
+                   help="with --two-step: fraction of what step 1 left that step 2 keeps (default 0.4; r1 * r2 overall)")
+    p.add_argument("--second", choices=["block", "unstructured"], default="block",
+                   help="with --two-step: what step 2 prunes (default block: blocks of --block-size, run on the block-sparse kernel)")
     p.add_argument("--steps2", type=int, help="steps of the second step (default: --steps)")
     _resumable(p)
     add_data_arguments(p)
@@ -89,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, device=False)
     p.add_argument("--input", help="a prepared checkpoint (default RUN/prepared)")
     p.add_argument("--output", help="where to write (default RUN/converted)")
-    p.add_argument("--max-block-density", type=float, default=0.7, help="matrices with fewer kept blocks than this run block-sparse")
+    p.add_argument("--max-block-density", type=float, default=DEFAULT_MAX_DENSITY,
+                   help=f"matrices with a smaller share of kept blocks run block-sparse (default {DEFAULT_MAX_DENSITY})")
     p.add_argument("--lower-blocks", dest="lower_blocks", action="store_true", default=None, help="require the native kernel")
     p.add_argument("--no-lower-blocks", dest="lower_blocks", action="store_false", help="keep every matrix dense")
 
@@ -101,15 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy of dense, pruned and ONNX models", description="Accuracy on a split of the run's data.")
     _common(p)
-    p.add_argument("--split", choices=["train", "dev", "test"], default="test")
+    p.add_argument("--split", choices=["train", "dev", "test"], default="test", help="which split to score (default test)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     add_data_arguments(p)
 
     p = sub.add_parser("bench", help="ONNX Runtime latency, dense vs pruned", description="Times RUN/dense.onnx and RUN/model.onnx in one process, in alternating rounds with only one session open at a time (ONNX Runtime's default settings).")
     _common(p, device=False)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8, help="batch size of the timed inputs (default 8)")
+    p.add_argument("--seq", type=int, default=128, help="sequence length of the timed inputs (default 128)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per round (default 10)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each opening a fresh session (default 3)")
 
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands[args.command](args)
-    except CLIError as exc:
+    except (CLIError, MLPruneError) as exc:
         print(f"mlprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,7 @@ import torch
 from .. import convert, export_onnx, load, prepare, PruningConfig, save, sparsity_report
 from ..benchmarking import machine_header, time_sessions
 from ..errors import MLPruneError
+from ..passes.lower_blocks import DEFAULT_MAX_DENSITY
 from ..runtime import InferenceSession
 from ..training import accuracy
 from .inputs import check_device, data_spec, encoded, eval_batches, load_hf, load_splits
@@ -33,6 +34,13 @@ def _example(run: RunDir, batch: int = 2, seq: int = 16) -> dict[str, torch.Tens
 
 def convert_command(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
+    if not args.input and (run.read("prune") or {}).get("mode") == "two-step" and run.converted.exists():
+        if args.lower_blocks is not None or args.max_block_density != DEFAULT_MAX_DENSITY:
+            raise CLIError("--lower-blocks and --max-block-density apply to one-step runs: the two-step prune "
+                           f"converted its model itself, with the defaults ({run.converted})")
+        print(f"nothing to convert: the two-step prune converted its model already ({run.converted}); "
+              f"go on with `mlprune export --run {run.root}`")
+        return
     source = Path(args.input) if args.input else run.need(run.prepared, "prune")
     prepared = _load(source)
     converted = convert(prepared, lower_blocks=None if args.lower_blocks is None else args.lower_blocks, max_block_density=args.max_block_density)

@@ -26,9 +26,10 @@ class DataSpec:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (defaults: what the run used before, else the packaged Rotten Tomatoes)")
     group.add_argument("--data", help="packaged name (rotten_tomatoes, tweets, bbc_news), a .csv/.tsv/.jsonl file or folder, or hf:NAME[:CONFIG]")
-    group.add_argument("--text-column")
-    group.add_argument("--text-pair-column")
-    group.add_argument("--label-column")
+    group.add_argument("--text-column", help="column of the text (default: text, sentence or sentence1)")
+    group.add_argument("--text-pair-column", help="column of a second text, for pair tasks (default: text_pair or "
+                       "sentence2 when present)")
+    group.add_argument("--label-column", help="column of the label, names or integers (default: label)")
     group.add_argument("--max-examples", type=int, help="cap the examples (before the 80/10/10 split), for quick runs")
     group.add_argument("--seed", type=int, help="split and shuffle seed (default 0)")
     group.add_argument("--max-length", type=int, help="tokens per example (default 128)")

@@ -13,8 +13,34 @@ import torch
 from .. import PruningConfig, prepare, save, sparsity_report
 from ..errors import MLPruneError
 from ..training import accuracy, train
+from . import PRUNE_DEFAULTS
 from .inputs import batch_source, check_device, data_spec, encoded, eval_batches, load_hf, load_splits, save_spec
 from .run_dir import CLIError, RunDir
+
+
+_TRAINING_SETTINGS = {"steps": int, "steps2": int, "lr": float, "mask_lr": float}
+
+
+def _check_training_settings(path: str, rest: dict, fields: set[str]) -> None:
+    unknown = sorted(set(rest) - set(_TRAINING_SETTINGS))
+    if unknown:
+        raise CLIError(f"--config {path}: unknown field(s) {', '.join(unknown)}; a config holds PruningConfig fields "
+                       f"({', '.join(sorted(fields))}) and {', '.join(_TRAINING_SETTINGS)}")
+    for name, kind in _TRAINING_SETTINGS.items():
+        value = rest.get(name)
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                               and (kind is float or float(value).is_integer()))
+        if not ok:
+            raise CLIError(f"--config {path}: {name}={value!r} must be a positive {'integer' if kind is int else 'number'}")
+
+
+def _setting(args: argparse.Namespace, settings: dict, name: str):
+    """A training setting: the flag when given, else --config's value, else the default."""
+    flag = getattr(args, name)
+    if flag is not None:
+        return flag
+    value = settings.get(name, PRUNE_DEFAULTS.get(name))
+    return None if value is None else _TRAINING_SETTINGS[name](value)
 
 
 def _log_dict(log) -> dict:
@@ -69,6 +95,9 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
     fields = {f.name for f in dataclasses.fields(PruningConfig)}
     cfg = {k: v for k, v in settings.items() if k in fields}
     rest = {k: v for k, v in settings.items() if k not in fields}
+    _check_training_settings(args.config, rest, fields)
+    if args.two_step:
+        _check_two_step(args, cfg)
     for key, flag in (("target", args.target), ("block_size", args.block_size)):
         if flag is not None:
             cfg[key] = flag
@@ -82,9 +111,30 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
         raise CLIError(f"bad pruning config: {exc}") from exc
 
 
+_TWO_STEP_SETS = ("target", "granularity")  # what two-step pruning sets itself, from --r1, --r2 and --second
+
+
+def _check_two_step(args: argparse.Namespace, from_file: dict) -> None:
+    """Refuse what the two steps would otherwise ignore, before any work."""
+    given = [f"--{k}" for k in _TWO_STEP_SETS if getattr(args, k)]
+    given += [f"{k!r} in --config" for k in _TWO_STEP_SETS if k in from_file]
+    if given:
+        raise CLIError(f"--two-step takes its targets from --r1 and --r2 and its granularities from --second "
+                       f"(heads and rows, then blocks or weights); drop {', '.join(given)}")
+    if args.resume:
+        raise CLIError("--resume works for one-step pruning only: rerun the two steps without --resume")
+
+
+def _shared_fields(cfg: PruningConfig) -> dict:
+    """The PruningConfig fields both steps share: all but what each step sets itself."""
+    own = set(_TWO_STEP_SETS) | {"block_size"}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in own}
+
+
 def prune(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
     device = check_device(args.device)
+    cfg, settings = _pruning_config(args)
     spec = data_spec(args, run)
     splits = load_splits(spec)
     source = args.model or (run.dense if run.dense.exists() else None)
@@ -95,34 +145,35 @@ def prune(args: argparse.Namespace) -> None:
     enc = encoded(splits, tokenizer, spec)
     data = batch_source(enc["train"], args.batch_size, spec.seed, device, args.group_by_length)
     example = next(iter(data(0)))
-    cfg, settings = _pruning_config(args)
-    steps = int(settings.get("steps", args.steps))
+    steps, lr, mask_lr = (_setting(args, settings, k) for k in ("steps", "lr", "mask_lr"))
     teacher = copy.deepcopy(model).eval() if args.distill else None
     tokenizer.save_pretrained(run.tokenizer)
     save_spec(run, spec, splits)
     if args.two_step:
         from ..pipeline import two_step_prune
 
+        steps2 = _setting(args, settings, "steps2") or steps
         result = two_step_prune(
-            model, data, steps, int(settings.get("steps2", args.steps2 or steps)), r1=args.r1, r2=args.r2,
-            second=args.second, block_size=cfg.block_size, example_inputs=example, distill=args.distill,
-            progress=not args.quiet,
+            model, data, steps, steps2, r1=args.r1, r2=args.r2, second=args.second, block_size=cfg.block_size,
+            example_inputs=example, distill=args.distill, pruning=_shared_fields(cfg), progress=not args.quiet,
+            lr=lr, mask_lr=mask_lr, log_every=max(1, min(steps, steps2) // 50),
         )
         save(result.model, run.converted)
         logs = [_log_dict(log) for log in result.logs]
         report = sparsity_report(result.model)
-        record = {"mode": "two-step", "r1": args.r1, "r2": args.r2, "second": args.second, "steps": steps, "logs": logs}
+        record = {"mode": "two-step", "r1": args.r1, "r2": args.r2, "second": args.second, "steps": steps,
+                  "steps2": steps2, "lr": lr, "config": {**_shared_fields(cfg), "block_size": cfg.block_size}, "logs": logs}
         print(f"two-step pruning done: converted model in {run.converted}")
     else:
         prepared = prepare(model, cfg, example)
         log = train(
-            prepared, data, steps, lr=float(settings.get("lr", args.lr)), mask_lr=settings.get("mask_lr", args.mask_lr),
+            prepared, data, steps, lr=lr, mask_lr=mask_lr,
             teacher=teacher, progress=not args.quiet, desc="prune", log_every=max(1, steps // 50),
             **_checkpointing(args, run, "prune"),
         )
         save(prepared, run.prepared)
         report = sparsity_report(prepared)
-        record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "logs": [_log_dict(log)]}
+        record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "lr": lr, "logs": [_log_dict(log)]}
         print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
     record["remaining"] = report.remaining
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
