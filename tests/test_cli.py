@@ -166,6 +166,20 @@ def test_two_step_prune_flow_uses_the_flags_and_config(tmp_path, tiny_hf, tiny_c
     assert run("report", "--run", r) == 0 and (r / "training_1.png").exists()
 
 
+def test_distilled_prune_matches_hidden_states_and_serves_logits_only(tmp_path, tiny_hf, tiny_csv, recwarn):
+    import onnx
+
+    r = tmp_path / "run"
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    assert run("finetune", "--run", r, "--model", tiny_hf, "--steps", "2", "--batch-size", "8", *data) == 0
+    assert run("prune", "--run", r, "--distill", "--target", "0.5", "--steps", "3", "--batch-size", "8", "--quiet") == 0
+    record = json.loads((r / "prune.json").read_text())
+    assert all("hidden" in parts for parts in record["logs"][0]["kd"])
+    assert not [w for w in recwarn if "logits only" in str(w.message)]
+    assert run("convert", "--run", r) == 0 and run("export", "--run", r) == 0
+    assert [o.name for o in onnx.load(r / "model.onnx").graph.output] == ["logits"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -10,6 +10,7 @@ import torch
 from .. import convert, export_onnx, load, prepare, PruningConfig, save, sparsity_report
 from ..benchmarking import machine_header, time_sessions
 from ..errors import MLPruneError
+from ..passes.drop_inputs import drop_outputs
 from ..passes.lower_blocks import DEFAULT_MAX_DENSITY
 from ..runtime import InferenceSession
 from ..training import accuracy
@@ -44,6 +45,8 @@ def convert_command(args: argparse.Namespace) -> None:
     source = Path(args.input) if args.input else run.need(run.prepared, "prune")
     prepared = _load(source)
     converted = convert(prepared, lower_blocks=None if args.lower_blocks is None else args.lower_blocks, max_block_density=args.max_block_density)
+    if not args.input:
+        drop_outputs(converted, (run.read("prune") or {}).get("distillation_outputs", []))  # served models return logits
     out = Path(args.output) if args.output else run.converted
     save(converted, out)
     report = sparsity_report(converted)

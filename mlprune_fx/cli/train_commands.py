@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import PruningConfig, prepare, save, sparsity_report
+from ..distill import enable_distillation_outputs
 from ..errors import MLPruneError
 from ..training import accuracy, train
 from . import PRUNE_DEFAULTS
@@ -165,6 +166,10 @@ def prune(args: argparse.Namespace) -> None:
                   "steps2": steps2, "lr": lr, "config": {**_shared_fields(cfg), "block_size": cfg.block_size}, "logs": logs}
         print(f"two-step pruning done: converted model in {run.converted}")
     else:
+        added = []
+        if args.distill and not getattr(model.config, "output_hidden_states", False):
+            enable_distillation_outputs(model, attentions=False)  # before prepare, so the graph returns them
+            added = ["hidden_states"]
         prepared = prepare(model, cfg, example)
         log = train(
             prepared, data, steps, lr=lr, mask_lr=mask_lr,
@@ -173,7 +178,8 @@ def prune(args: argparse.Namespace) -> None:
         )
         save(prepared, run.prepared)
         report = sparsity_report(prepared)
-        record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "lr": lr, "logs": [_log_dict(log)]}
+        record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "lr": lr, "logs": [_log_dict(log)],
+                  "distillation_outputs": added}
         print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
     record["remaining"] = report.remaining
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
