@@ -66,6 +66,26 @@ def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
     assert "speed-up" in out
 
 
+def test_steps_refuse_to_go_on_from_out_of_date_outputs(tmp_path, tiny_hf, tiny_csv, capsys):
+    r = tmp_path / "run"
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    prune = ["prune", "--run", r, "--steps", "3", "--batch-size", "8", "--quiet"]
+    assert run("finetune", "--run", r, "--model", tiny_hf, "--steps", "2", "--batch-size", "8", *data) == 0
+    assert run(*prune, "--target", "0.5") == 0 and run("convert", "--run", r) == 0 and run("export", "--run", r) == 0
+    assert run("bench", "--run", r, "--batch", "2", "--seq", "16", "--repeats", "1", "--rounds", "1") == 0
+    assert run(*prune, "--target", "0.3") == 0  # converted/ and model.onnx now hold the 0.5 model
+    capsys.readouterr()
+    for step in ("evaluate", "bench", "report", "export"):
+        assert run(step, "--run", r) == 2
+        assert "run `mlprune convert" in capsys.readouterr().err
+    assert run("convert", "--run", r) == 0
+    assert run("evaluate", "--run", r) == 2 and "run `mlprune export" in capsys.readouterr().err
+    assert run("export", "--run", r) == 0 and run("evaluate", "--run", r) == 0
+    assert run("report", "--run", r) == 2 and "run `mlprune bench" in capsys.readouterr().err
+    assert run("finetune", "--run", r, "--steps", "1", "--batch-size", "8", "--quiet") == 0
+    assert run("convert", "--run", r) == 2 and "run `mlprune prune" in capsys.readouterr().err
+
+
 def test_same_seed_same_fine_tuned_model(tmp_path, tiny_hf, tiny_csv):
     from safetensors.torch import load_file
 

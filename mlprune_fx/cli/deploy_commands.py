@@ -42,6 +42,8 @@ def convert_command(args: argparse.Namespace) -> None:
         print(f"nothing to convert: the two-step prune converted its model already ({run.converted}); "
               f"go on with `mlprune export --run {run.root}`")
         return
+    if not args.input:
+        run.check_current(("prune",))
     source = Path(args.input) if args.input else run.need(run.prepared, "prune")
     prepared = _load(source)
     converted = convert(prepared, lower_blocks=None if args.lower_blocks is None else args.lower_blocks, max_block_density=args.max_block_density)
@@ -51,7 +53,8 @@ def convert_command(args: argparse.Namespace) -> None:
     save(converted, out)
     report = sparsity_report(converted)
     lowered = converted.meta["mlprune_fx"].lowered
-    run.write("convert", {"remaining": report.remaining, "lowered": lowered, "parameters": sum(p.numel() for p in converted.parameters())})
+    run.write_step("convert", {"remaining": report.remaining, "lowered": lowered, "parameters": sum(p.numel() for p in converted.parameters())},
+                   inputs=() if args.input else ("prune",))
     print(f"converted: {report.remaining:.1%} of the encoder weights remain, {len(lowered)} matrices block-sparse; saved to {out}")
 
 
@@ -67,6 +70,8 @@ def _model_inputs(gm, example: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def export_command(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
+    if not args.input:
+        run.check_current(run.model_steps()[:-1])
     source = Path(args.input) if args.input else run.need(run.converted, "convert")
     converted = _load(source)
     example = _model_inputs(converted, _example(run))
@@ -78,6 +83,8 @@ def export_command(args: argparse.Namespace) -> None:
         dense = convert(prepare(model, PruningConfig(), example))
         export_onnx(dense, run.dense_onnx, example)
         print(f"wrote {run.dense_onnx} (the dense model, for comparisons)")
+    if not args.output:
+        run.write_step("export", {"standard_ops": args.standard_ops}, inputs=() if args.input else (run.converted_by(), "finetune"))
 
 
 def _onnx_accuracy(path: Path, batches_: list[dict], threads: int) -> float:
@@ -89,6 +96,7 @@ def _onnx_accuracy(path: Path, batches_: list[dict], threads: int) -> float:
 def evaluate_command(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
     device = check_device(args.device)
+    run.check_current(run.model_steps())
     spec = data_spec(args, run)
     splits = load_splits(spec)
     from transformers import AutoTokenizer
@@ -109,13 +117,16 @@ def evaluate_command(args: argparse.Namespace) -> None:
         results["pruned_onnx"] = _onnx_accuracy(run.onnx, eval_batches(split), args.threads)
     if not results:
         raise CLIError(f"nothing to evaluate in {run.root}: run finetune, prune, convert or export first")
-    run.write("evaluate", {"split": args.split, "accuracy": results, "examples": len(getattr(splits, args.split))})
+    used = {"dense": "finetune", "pruned": run.converted_by(), "pruned_onnx": "export"}
+    run.write_step("evaluate", {"split": args.split, "accuracy": results, "examples": len(getattr(splits, args.split))},
+                   inputs=tuple(used[k] for k in results))
     for name, acc in results.items():
         print(f"{name:>12}: {acc:.2%} on {len(getattr(splits, args.split))} {args.split} examples")
 
 
 def bench_command(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
+    run.check_current(run.model_steps())
     paths = {"dense": run.dense_onnx, "pruned": run.onnx}
     paths = {k: p for k, p in paths.items() if p.exists()}
     if "pruned" not in paths:
@@ -137,5 +148,6 @@ def bench_command(args: argparse.Namespace) -> None:
         print(f"{name:>7}: {value:.2f} ms (batch {args.batch}, sequence {args.seq})")
     if "dense" in ms:
         print(f"speed-up: {ms['dense'] / ms['pruned']:.2f}x")
-    run.write("bench", {"ms": ms, "batch": args.batch, "seq": args.seq, "threads": args.threads, "machine": header,
-                        "sizes_mib": {k: p.stat().st_size / 2**20 for k, p in paths.items()}})
+    record = {"ms": ms, "batch": args.batch, "seq": args.seq, "threads": args.threads, "machine": header,
+              "sizes_mib": {k: p.stat().st_size / 2**20 for k, p in paths.items()}}
+    run.write_step("bench", record, inputs=("export",))

@@ -14,6 +14,7 @@ def write_report(run: RunDir, out: Path | None = None) -> Path:
     from .. import load, sparsity_report
 
     out = out or run.root / "report.md"
+    run.check_current((*run.model_steps(), "evaluate", "bench"))
     lines = [f"# mlprune report: {run.root.name}", ""]
     data = run.read("data")
     if data:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,28 @@ class RunDir:
         tmp.write_text(json.dumps(data, indent=1, default=str))
         tmp.replace(path)
         return path
+
+    def write_step(self, name: str, data: dict, inputs: tuple[str, ...] = ()) -> Path:
+        """A step's record, with a fresh id and the ids of the records of the steps it read."""
+        ids = {n: (self.read(n) or {}).get("id") for n in inputs}
+        return self.write(name, {**data, "id": uuid.uuid4().hex, "from": {n: i for n, i in ids.items() if i}})
+
+    def converted_by(self) -> str:
+        """The step that wrote RUN/converted: `convert`, or `prune` itself for two-step pruning."""
+        return "prune" if (self.read("prune") or {}).get("mode") == "two-step" else "convert"
+
+    def model_steps(self) -> tuple[str, ...]:
+        """The steps that made RUN/model.onnx, in order."""
+        return tuple(dict.fromkeys(("prune", self.converted_by(), "export")))
+
+    def check_current(self, steps: tuple[str, ...]) -> None:
+        """Refuse to go on from a step whose inputs were remade after it ran (its output is stale)."""
+        for name in steps:
+            for up, used in ((self.read(name) or {}).get("from") or {}).items():
+                now = (self.read(up) or {}).get("id")
+                if now is not None and now != used:
+                    raise CLIError(f"`mlprune {up}` ran again after `mlprune {name}`, so what {name} wrote in {self.root} "
+                                   f"is out of date: run `mlprune {name} --run {self.root}` (and the steps after it) again")
 
     def need(self, path: Path, step: str) -> Path:
         if not path.exists():

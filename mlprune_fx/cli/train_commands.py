@@ -79,7 +79,7 @@ def finetune(args: argparse.Namespace) -> None:
     tokenizer.save_pretrained(run.dense)
     tokenizer.save_pretrained(run.tokenizer)
     save_spec(run, spec, splits)
-    run.write("finetune", result)
+    run.write_step("finetune", result)
     print(f"dense model in {run.dense}: dev accuracy {result['dev_accuracy']:.2%}, test accuracy {result['test_accuracy']:.2%}")
 
 
@@ -184,4 +184,4 @@ def prune(args: argparse.Namespace) -> None:
     record["remaining"] = report.remaining
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
     record["dev_accuracy"] = None
-    run.write("prune", record)
+    run.write_step("prune", record, inputs=() if args.model else ("finetune",))
