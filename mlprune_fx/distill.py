@@ -218,6 +218,7 @@ class KDLoss:
         self.teacher = teacher
         self.config = config or DistillConfig()
         self.last: DistillLoss | None = None
+        self.student_logits: torch.Tensor | None = None  # of the last batch, for training accuracy
         self._warned = False
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -225,6 +226,7 @@ class KDLoss:
         t_out = teacher_outputs(self.teacher, batch, cfg.wants_hidden, cfg.wants_attentions)
         s_out = model(**batch)
         self.last = distillation_loss(s_out, t_out, batch.get("labels"), cfg)
+        self.student_logits = _field(s_out, "logits")
         if cfg.wants_hidden and self.last.hidden is None and not self._warned:
             self._warned = True
             warnings.warn(

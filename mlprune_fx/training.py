@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,8 @@ class TrainLog:
     longer keeps (scores go on learning under held thresholds; 0 with `hold_masks`).
     grad_norm, threshold_grad_norm: per step (when clipping), the gradient norm of the
     weights and scores, and of the thresholds (prepared models), before clipping.
+    accuracy: per step, the accuracy on the training batch (classification; the
+    progress bar shows its mean over the last 50 batches).
     """
 
     steps: list[int] = field(default_factory=list)
@@ -290,8 +293,37 @@ class TrainLog:
     before_hold: float | None = None
     hold_churn: float | None = None
     kd: list[dict[str, float]] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     threshold_grad_norm: list[float] = field(default_factory=list)
+
+
+class RunningAccuracy:
+    """Training accuracy over the last `window` batches, for the progress bar.
+
+    Counts classification logits [..., classes] against integer labels of the leading
+    shape, skipping HF's ignore index -100; anything else (regression) is not counted.
+    """
+
+    def __init__(self, window: int = 50) -> None:
+        self.counts: deque[tuple[int, int]] = deque(maxlen=window)
+        self.last = 0.0
+
+    def add(self, logits: torch.Tensor | None, labels: torch.Tensor | None) -> bool:
+        if logits is None or labels is None or labels.is_floating_point() or tuple(logits.shape[:-1]) != tuple(labels.shape):
+            return False
+        valid = labels != -100
+        total = int(valid.sum())
+        if not total:
+            return False
+        correct = int(((logits.detach().argmax(-1) == labels) & valid).sum())
+        self.counts.append((correct, total))
+        self.last = correct / total
+        return True
+
+    @property
+    def value(self) -> float:
+        return sum(c for c, _ in self.counts) / max(sum(t for _, t in self.counts), 1)
 
 
 def _cycle(batches: Iterable[dict] | Callable[[int], Iterable[dict]]) -> Iterator[dict]:
@@ -428,13 +460,21 @@ def train(
         start, log = _restore(Path(checkpoint), inner, optimizer, scheduler, hold)
         for _ in range(start):
             next(data)
+    running = RunningAccuracy()
     bar = tqdm(range(start, steps), desc=desc, disable=not progress, leave=False, initial=start, total=steps)
     try:
         for step in bar:
             batch = next(data)
-            task = loss_fn(model, batch) if loss_fn else model(**batch).loss
+            if loss_fn:
+                task, logits = loss_fn(model, batch), getattr(loss_fn, "student_logits", None)
+            else:
+                out = model(**batch)
+                task, logits = out.loss, getattr(out, "logits", None)
             loss = task
             info = {"loss": f"{float(task.detach()):.4f}"}
+            if running.add(logits, batch.get("labels")):
+                log.accuracy.append(running.last)
+                info["acc"] = f"{running.value:.3f}"
             if prepared:
                 holding = hold is not None and hold.engaged
                 with torch.set_grad_enabled(not holding):

@@ -51,6 +51,7 @@ def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
     assert run("prune", "--run", r, "--steps", "6", "--batch-size", "8", "--target", "0.5", "--quiet") == 0
     prune = json.loads((r / "prune.json").read_text())
     assert abs(prune["remaining"] - 0.5) < 0.1 and prune["group_by_length"] is True
+    assert 0 <= prune["dev_accuracy"] <= 1 and len(prune["logs"][0]["accuracy"]) == 6
     assert run("convert", "--run", r) == 0
     assert run("export", "--run", r) == 0
     assert (r / "model.onnx").exists() and (r / "dense.onnx").exists()
@@ -175,6 +176,7 @@ def test_two_step_prune_flow_uses_the_flags_and_config(tmp_path, tiny_hf, tiny_c
     assert seen["lr"] == [(2e-3, 0.02)] * 2
     record = json.loads((r / "prune.json").read_text())
     assert record["mode"] == "two-step" and len(record["logs"]) == 2 and record["lr"] == 2e-3
+    assert 0 <= record["dev_accuracy"] <= 1
     assert record["config"]["lambda_f"] == 1000 and "target" not in record["config"]
     assert run("convert", "--run", r) == 0
     assert "nothing to convert" in capsys.readouterr().out

@@ -142,6 +142,7 @@ def test_train_with_a_teacher_logs_every_term_and_warns_when_hidden_states_are_m
     prepared = mp.prepare(student, mp.PruningConfig(target=0.7), _batch())
     log = train(prepared, [_batch(s) for s in range(3)], 4, teacher=teacher, progress=False, descent=None, mask_lr=0.1)
     assert {"task", "logits", "hidden", "attention"} <= set(log.kd[-1])
+    assert len(log.accuracy) == 4
     assert all(math.isfinite(v) for v in log.loss)
     plain = mp.prepare(tiny_model("bert"), mp.PruningConfig(), _batch())
     with warnings.catch_warnings(record=True) as caught:

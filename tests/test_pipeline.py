@@ -265,3 +265,34 @@ def test_train_logs_the_gradient_norms_before_clipping():
     log = train(prepared, [_batch(0)], 3, mask_lr=0.5, descent=None, separate_clipping=True, progress=False)
     assert len(log.grad_norm) == len(log.threshold_grad_norm) == 3
     assert all(x > 0 and math.isfinite(x) for x in log.grad_norm + log.threshold_grad_norm)
+
+
+def test_running_accuracy_counts_the_last_batches_and_skips_what_is_not_classification():
+    from mlprune_fx.training import RunningAccuracy
+
+    acc = RunningAccuracy(window=2)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    assert acc.add(logits, torch.tensor([0, 1, 1, 1])) and acc.last == 0.75
+    assert acc.add(logits[:2], torch.tensor([1, -100])) and acc.last == 0.0  # one counted label, wrong
+    assert acc.value == pytest.approx(3 / 5)
+    assert acc.add(logits[:2], torch.tensor([0, 1])) and acc.value == pytest.approx(2 / 3)  # the first batch left
+    assert not acc.add(logits, torch.tensor([0.5, 1.0, 0.0, 2.0]))  # regression targets
+    assert not acc.add(None, torch.tensor([0, 1])) and not acc.add(logits, None)
+
+
+def test_train_logs_the_training_accuracy_of_each_batch():
+    model = tiny_model("bert", layers=1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.config.attention_probs_dropout_prob = 0.0
+    model.eval()
+    batch = _batch(0)
+    with torch.no_grad():
+        first = float((model(**batch).logits.argmax(-1) == batch["labels"]).float().mean())
+    prepared = _prepared(("head", "row"), target=0.5)
+    log = train(prepared, [batch], 3, mask_lr=0.5, descent=None, progress=False)
+    assert len(log.accuracy) == 3 and all(a in (0.0, 0.25, 0.5, 0.75, 1.0) for a in log.accuracy)
+    plain = train(model, [batch], 1, lr=0.0, progress=False)
+    assert plain.accuracy == [first]  # lr 0 and no dropout: the batch's accuracy before the step
+    assert train(model, [batch], 2, loss_fn=lambda m, b: m(**b).loss, progress=False).accuracy == []

@@ -14,7 +14,7 @@ from ..passes.drop_inputs import drop_outputs
 from ..passes.lower_blocks import DEFAULT_MAX_DENSITY
 from ..runtime import InferenceSession
 from ..training import accuracy
-from .inputs import check_device, data_spec, encoded, eval_batches, load_hf, load_splits
+from .inputs import check_device, data_spec, encoded, eval_batches, load_hf, load_splits, split_accuracy
 from .run_dir import CLIError, RunDir
 
 
@@ -107,12 +107,9 @@ def evaluate_command(args: argparse.Namespace) -> None:
     results: dict[str, float] = {}
     if run.dense.exists():
         model, _ = load_hf(run.dense, device=device)
-        results["dense"] = accuracy(model.eval(), eval_batches(split, device=device))
+        results["dense"] = split_accuracy(model, split)
     if run.converted.exists():
-        converted = _load(run.converted)
-        names = set(__import__("mlprune_fx.export", fromlist=["input_names"]).input_names(converted))
-        cpu_batches = [{k: v for k, v in b.items() if k in names | {"labels"}} for b in eval_batches(split)]
-        results["pruned"] = accuracy(converted, cpu_batches)
+        results["pruned"] = split_accuracy(_load(run.converted), split)
     if run.onnx.exists():
         results["pruned_onnx"] = _onnx_accuracy(run.onnx, eval_batches(split), args.threads)
     if not results:

@@ -80,6 +80,22 @@ def eval_batches(enc: dict[str, torch.Tensor], batch_size: int = 64, device: str
     return [{k: v.to(device) for k, v in b.items()} for b in batches(enc, batch_size, shuffle=False, group_by_length=True)]
 
 
+def split_accuracy(model: torch.nn.Module, enc: dict[str, torch.Tensor]) -> float:
+    """Accuracy of an HF model or a captured one (fed only the inputs its graph takes) on an encoded split,
+    on the device the model's weights are on."""
+    from torch import fx
+
+    from ..export import input_names
+    from ..training import accuracy
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batches_ = eval_batches(enc, device=str(device))
+    if isinstance(model, fx.GraphModule):
+        names = set(input_names(model)) | {"labels"}
+        batches_ = [{k: v for k, v in b.items() if k in names} for b in batches_]
+    return accuracy(model.eval(), batches_)
+
+
 def check_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda was asked for, but torch sees no CUDA device: use --device cpu")

@@ -13,9 +13,9 @@ import torch
 from .. import PruningConfig, prepare, save, sparsity_report
 from ..distill import enable_distillation_outputs
 from ..errors import MLPruneError
-from ..training import accuracy, train
+from ..training import train
 from . import PRUNE_DEFAULTS
-from .inputs import batch_source, check_device, data_spec, encoded, eval_batches, load_hf, load_splits, save_spec
+from .inputs import batch_source, check_device, data_spec, encoded, load_hf, load_splits, save_spec, split_accuracy
 from .run_dir import CLIError, RunDir
 
 
@@ -71,8 +71,8 @@ def finetune(args: argparse.Namespace) -> None:
     result = {
         "model": args.model or "packaged all-MiniLM-L6-v2",
         "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "group_by_length": args.group_by_length,
-        "dev_accuracy": accuracy(model, eval_batches(enc["dev"], device=device)),
-        "test_accuracy": accuracy(model, eval_batches(enc["test"], device=device)),
+        "dev_accuracy": split_accuracy(model, enc["dev"]),
+        "test_accuracy": split_accuracy(model, enc["test"]),
         "log": {"steps": log.steps, "loss": log.loss},
     }
     model.save_pretrained(run.dense)
@@ -183,5 +183,7 @@ def prune(args: argparse.Namespace) -> None:
         print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
     record["remaining"] = report.remaining
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
-    record["dev_accuracy"] = None
+    pruned = result.model if args.two_step else prepared
+    record["dev_accuracy"] = split_accuracy(pruned, enc["dev"])
+    print(f"dev accuracy of the pruned model: {record['dev_accuracy']:.2%} ({len(splits.dev)} examples)")
     run.write_step("prune", record, inputs=() if args.model else ("finetune",))
