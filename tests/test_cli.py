@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +86,22 @@ def test_steps_refuse_to_go_on_from_out_of_date_outputs(tmp_path, tiny_hf, tiny_
     assert run("report", "--run", r) == 2 and "run `mlprune bench" in capsys.readouterr().err
     assert run("finetune", "--run", r, "--steps", "1", "--batch-size", "8", "--quiet") == 0
     assert run("convert", "--run", r) == 2 and "run `mlprune prune" in capsys.readouterr().err
+
+
+def test_the_dense_reference_is_the_model_prune_started_from(tmp_path, tiny_hf, tiny_csv):
+    r = tmp_path / "run"
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    assert run("finetune", "--run", r, "--model", tiny_hf, "--steps", "3", "--batch-size", "8", *data) == 0
+    # RUN/dense now holds a fine-tuned model, but this prune starts from the untrained one
+    assert run("prune", "--run", r, "--model", tiny_hf, "--steps", "2", "--batch-size", "8", "--target", "0.5", "--quiet") == 0
+    assert json.loads((r / "prune.json").read_text())["model"] == str(Path(tiny_hf).resolve())
+    assert run("convert", "--run", r) == 0 and run("export", "--run", r) == 0 and run("evaluate", "--run", r) == 0
+    evaluate = json.loads((r / "evaluate.json").read_text())
+    assert evaluate["dense_model"] == str(Path(tiny_hf).resolve())
+    assert set(evaluate["from"]) == {"prune", "convert", "export"}
+    assert set(json.loads((r / "export.json").read_text())["from"]) == {"convert", "prune"}
+    assert run("finetune", "--run", r, "--steps", "1", "--batch-size", "8", "--quiet") == 0
+    assert run("evaluate", "--run", r) == 0  # a new RUN/dense is not what this prune used
 
 
 def test_same_seed_same_fine_tuned_model(tmp_path, tiny_hf, tiny_csv):

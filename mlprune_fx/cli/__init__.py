@@ -102,13 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lower-blocks", dest="lower_blocks", action="store_true", default=None, help="require the native kernel")
     p.add_argument("--no-lower-blocks", dest="lower_blocks", action="store_false", help="keep every matrix dense")
 
-    p = sub.add_parser("export", help="write the ONNX model", description="Export RUN/converted to RUN/model.onnx with dynamic batch and sequence (and the dense model to RUN/dense.onnx).")
+    p = sub.add_parser("export", help="write the ONNX model", description="Export RUN/converted to RUN/model.onnx with dynamic batch and sequence, and the dense model it was pruned from (prune's --model, else RUN/dense) to RUN/dense.onnx.")
     _common(p, device=False)
     p.add_argument("--input", help="a converted checkpoint (default RUN/converted)")
     p.add_argument("--output", help="ONNX file (default RUN/model.onnx)")
     p.add_argument("--standard-ops", action="store_true", help="no custom ops: block-sparse matrices as standard ONNX ops")
 
-    p = sub.add_parser("evaluate", help="accuracy of dense, pruned and ONNX models", description="Accuracy on a split of the run's data.")
+    p = sub.add_parser("evaluate", help="accuracy of dense, pruned and ONNX models", description="Accuracy on a split of the run's data: the pruned model (PyTorch and ONNX) and the dense model it was pruned from (prune's --model, else RUN/dense).")
     _common(p)
     p.add_argument("--split", choices=["train", "dev", "test"], default="test", help="which split to score (default test)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")

@@ -14,7 +14,7 @@ from ..passes.drop_inputs import drop_outputs
 from ..passes.lower_blocks import DEFAULT_MAX_DENSITY
 from ..runtime import InferenceSession
 from ..training import accuracy
-from .inputs import check_device, data_spec, encoded, eval_batches, load_hf, load_splits, split_accuracy
+from .inputs import check_device, data_spec, encoded, eval_batches, load_dense_reference, load_splits, split_accuracy
 from .run_dir import CLIError, RunDir
 
 
@@ -78,13 +78,14 @@ def export_command(args: argparse.Namespace) -> None:
     out = Path(args.output) if args.output else run.onnx
     export_onnx(converted, out, example, standard_ops=args.standard_ops)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
-    if run.dense.exists() and not args.output:
-        model, _ = load_hf(run.dense)
-        dense = convert(prepare(model, PruningConfig(), example))
-        export_onnx(dense, run.dense_onnx, example)
-        print(f"wrote {run.dense_onnx} (the dense model, for comparisons)")
+    dense = None if args.output else load_dense_reference(run)
+    if dense is not None:
+        model, source, _ = dense
+        export_onnx(convert(prepare(model, PruningConfig(), example)), run.dense_onnx, example)
+        print(f"wrote {run.dense_onnx} (the dense model it was pruned from, {source}, for comparisons)")
     if not args.output:
-        run.write_step("export", {"standard_ops": args.standard_ops}, inputs=() if args.input else (run.converted_by(), "finetune"))
+        inputs = () if args.input else (run.converted_by(), *([dense[2]] if dense else []))
+        run.write_step("export", {"standard_ops": args.standard_ops}, inputs=tuple(dict.fromkeys(inputs)))
 
 
 def _onnx_accuracy(path: Path, batches_: list[dict], threads: int) -> float:
@@ -105,8 +106,10 @@ def evaluate_command(args: argparse.Namespace) -> None:
     enc = encoded(splits, tokenizer, spec)
     split = enc[args.split]
     results: dict[str, float] = {}
-    if run.dense.exists():
-        model, _ = load_hf(run.dense, device=device)
+    used = {"pruned": run.converted_by(), "pruned_onnx": "export"}
+    dense = load_dense_reference(run, device)
+    if dense is not None:
+        model, dense_model, used["dense"] = dense
         results["dense"] = split_accuracy(model, split)
     if run.converted.exists():
         results["pruned"] = split_accuracy(_load(run.converted), split)
@@ -114,9 +117,10 @@ def evaluate_command(args: argparse.Namespace) -> None:
         results["pruned_onnx"] = _onnx_accuracy(run.onnx, eval_batches(split), args.threads)
     if not results:
         raise CLIError(f"nothing to evaluate in {run.root}: run finetune, prune, convert or export first")
-    used = {"dense": "finetune", "pruned": run.converted_by(), "pruned_onnx": "export"}
-    run.write_step("evaluate", {"split": args.split, "accuracy": results, "examples": len(getattr(splits, args.split))},
-                   inputs=tuple(used[k] for k in results))
+    record = {"split": args.split, "accuracy": results, "examples": len(getattr(splits, args.split))}
+    if dense is not None:
+        record["dense_model"] = str(dense_model)
+    run.write_step("evaluate", record, inputs=tuple(dict.fromkeys(used[k] for k in results)))
     for name, acc in results.items():
         print(f"{name:>12}: {acc:.2%} on {len(getattr(splits, args.split))} {args.split} examples")
 

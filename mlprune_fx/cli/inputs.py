@@ -120,3 +120,17 @@ def load_hf(path_or_name: str | Path, num_labels: int | None = None, device: str
             "or a hub name when a hub is reachable (none is, on machines without network)"
         ) from exc
     return model.to(device), tokenizer
+
+
+def load_dense_reference(run: RunDir, device: str = "cpu"):
+    """(model, source, step) of the dense model the pruned one started from (RunDir.dense_source),
+    loaded as prune loaded it: same label count, same seed for a new classifier head; None when the
+    run has none."""
+    found = run.dense_source()
+    if found is None:
+        return None
+    source, step = found
+    labels = (run.read("labels") or {}).get("names")
+    torch.manual_seed((run.read("data") or {}).get("seed", 0))
+    model, _ = load_hf(source, num_labels=len(labels) if labels else None, device=device)
+    return model, source, step

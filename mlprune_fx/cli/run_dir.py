@@ -70,6 +70,14 @@ class RunDir:
         ids = {n: (self.read(n) or {}).get("id") for n in inputs}
         return self.write(name, {**data, "id": uuid.uuid4().hex, "from": {n: i for n, i in ids.items() if i}})
 
+    def dense_source(self) -> tuple[str | Path, str] | None:
+        """The dense model the pruned one started from and the step that chose it: prune's `--model`,
+        else RUN/dense from finetune; None when there is neither."""
+        model = (self.read("prune") or {}).get("model")
+        if model:
+            return model, "prune"
+        return (self.dense, "finetune") if self.dense.exists() else None
+
     def converted_by(self) -> str:
         """The step that wrote RUN/converted: `convert`, or `prune` itself for two-step pruning."""
         return "prune" if (self.read("prune") or {}).get("mode") == "two-step" else "convert"

@@ -132,6 +132,13 @@ def _shared_fields(cfg: PruningConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in own}
 
 
+def _model_name(model: str | None) -> str | None:
+    """--model as later steps can load it again: a local folder made absolute, a hub name as given."""
+    if not model:
+        return None
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
 def prune(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
     device = check_device(args.device)
@@ -182,6 +189,7 @@ def prune(args: argparse.Namespace) -> None:
                   "distillation_outputs": added}
         print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
     record["remaining"] = report.remaining
+    record["model"] = _model_name(args.model)
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
     pruned = result.model if args.two_step else prepared
     record["dev_accuracy"] = split_accuracy(pruned, enc["dev"])
