@@ -64,6 +64,7 @@ def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
     assert run("report", "--run", r) == 0
     report = (r / "report.md").read_text()
     assert "kept.png" in report and (r / "kept.png").exists() and (r / "training_0.png").exists()
+    assert "prune --model" not in report
     out = capsys.readouterr().out
     assert "speed-up" in out
 
@@ -100,6 +101,8 @@ def test_the_dense_reference_is_the_model_prune_started_from(tmp_path, tiny_hf, 
     assert evaluate["dense_model"] == str(Path(tiny_hf).resolve())
     assert set(evaluate["from"]) == {"prune", "convert", "export"}
     assert set(json.loads((r / "export.json").read_text())["from"]) == {"convert", "prune"}
+    assert run("report", "--run", r) == 0
+    assert f"`{Path(tiny_hf).resolve()}`" in (r / "report.md").read_text()
     assert run("finetune", "--run", r, "--steps", "1", "--batch-size", "8", "--quiet") == 0
     assert run("evaluate", "--run", r) == 0  # a new RUN/dense is not what this prune used
 

@@ -35,6 +35,8 @@ def write_report(run: RunDir, out: Path | None = None) -> Path:
         ])
     if acc or ms:
         lines += [markdown_table(["model", f"accuracy ({evaluate.get('split', '')})", "ONNX Runtime ms", "ONNX MiB"], rows), ""]
+        if evaluate.get("dense_model") not in (None, str(run.dense)):
+            lines += [f"dense: the model `prune --model` started from, `{evaluate['dense_model']}`", ""]
         if "dense" in ms and "pruned" in ms:
             lines += [f"speed-up {ms['dense'] / ms['pruned']:.2f}x at batch {bench['batch']} x sequence {bench['seq']}, {bench['threads']} threads; {bench['machine']}", ""]
     model_path = run.converted if run.converted.exists() else run.prepared
