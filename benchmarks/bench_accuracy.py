@@ -399,7 +399,7 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
     model.to(device)
     ckpt = source = out / f"dense_{name}.pt"
     reuse = entry is not None and ckpt.exists()
-    if entry is None and args.dense_from is not None:
+    if not reuse and args.dense_from is not None:
         source = reusable_dense(args.dense_from, name, args)
         if source.resolve() != ckpt.resolve():
             shutil.copyfile(source, ckpt)  # this folder then resumes on its own

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,6 +99,12 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     assert (results["settings"]["prune_seed"], reused_results["settings"]["prune_seed"]) == (0, 1)
     assert "seed 1" in (reuse / "results.md").read_text()
     assert (reuse / "dense_rotten_tomatoes.pt").exists()
+    moved = tmp_path / "moved"  # results carried to a new folder without their dense checkpoint
+    moved.mkdir()
+    shutil.copy(reuse / "results.json", moved / "results.json")
+    trained = len(seen["first_batches"])
+    bench_accuracy.main(again[:-1] + [str(moved), "--prune-steps", "2", "--prune-seed", "1", "--resume", "--dense-from", str(tmp_path)])
+    assert "dense model loaded from" in capsys.readouterr().out and len(seen["first_batches"]) == trained  # not fine-tuned again
     with pytest.raises(SystemExit, match="other settings"):
         bench_accuracy.main(again + ["--finetune-steps", "3", "--dense-from", str(tmp_path), "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="prune_seed"):
