@@ -168,6 +168,27 @@ def test_keep_output_rows_leaves_the_hidden_width_whole(tmp_path, tiny_hf, tiny_
     assert len(masks) == 4 and {m.granularity for m in masks.values()} == {"head", "row"}  # per layer: heads, FFN rows
 
 
+def test_hold_masks_and_the_magnitude_prior_from_flags_or_config(tmp_path, tiny_hf, tiny_csv, monkeypatch):
+    import mlprune_fx.cli.train_commands as commands
+
+    held = []
+    real_train = commands.train
+    monkeypatch.setattr(commands, "train", lambda *a, **kw: held.append(kw["hold_masks"]) or real_train(*a, **kw))
+    args = ["--model", tiny_hf, "--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment",
+            "--max-length", "16", "--batch-size", "8", "--steps", "2", "--target", "0.5", "--quiet"]
+    r = tmp_path / "flags"
+    assert run("prune", "--run", r, *args, "--hold-masks", "--magnitude-prior", "1") == 0
+    saved = json.loads((r / "prune.json").read_text())
+    assert held == [True] and saved["hold_masks"] is True and saved["config"]["magnitude_prior"] == 1
+    config = tmp_path / "prune.json"
+    config.write_text(json.dumps({"hold_masks": True, "magnitude_prior": 0.5}))
+    r = tmp_path / "config"
+    assert run("prune", "--run", r, *args, "--config", config) == 0
+    assert held == [True, True] and json.loads((r / "prune.json").read_text())["config"]["magnitude_prior"] == 0.5
+    assert run("prune", "--run", tmp_path / "default", *args) == 0
+    assert held == [True, True, False]
+
+
 def test_two_step_prune_flow_uses_the_flags_and_config(tmp_path, tiny_hf, tiny_csv, monkeypatch, capsys):
     import mlprune_fx.pipeline as pipeline
 
@@ -274,7 +295,7 @@ def test_bad_pruning_config_is_reported(tmp_path, tiny_hf, tiny_csv, capsys):
 @pytest.mark.parametrize(
     "settings, message",
     [({"lamda_f": 1000}, "unknown field(s) lamda_f"), ({"steps": 2.5}, "steps=2.5 must be a positive integer"),
-     ({"lr": "fast"}, "lr='fast' must be a positive number")],
+     ({"lr": "fast"}, "lr='fast' must be a positive number"), ({"hold_masks": "yes"}, "hold_masks='yes' must be true or false")],
 )
 def test_bad_config_file_fields_are_refused(tmp_path, settings, message, capsys):
     config = tmp_path / "prune.json"

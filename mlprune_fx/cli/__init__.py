@@ -20,7 +20,7 @@ from ..errors import MLPruneError
 from .run_dir import CLIError
 
 _EPILOG = "Run `mlprune COMMAND --help` for a command's options."
-PRUNE_DEFAULTS = {"steps": 600, "lr": 1e-4}  # prune's flags default to None, so that --config can set these
+PRUNE_DEFAULTS = {"steps": 600, "lr": 1e-4, "hold_masks": False}  # prune's flags default to None, so that --config can set these
 
 
 def _common(parser: argparse.ArgumentParser, device: bool = True) -> None:
@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never prune the output rows of attention-output and FFN-output linears: the whole budget goes "
                    "to heads and FFN rows, and the hidden width stays whole (a faster model; at 20 %% as accurate on the tweets, "
                    "less on one of two Rotten Tomatoes seeds: see BENCHMARKS.md, 'Keeping the output rows')")
-    p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, lambda_f, ...) and steps / steps2 / lr / mask_lr; "
+    p.add_argument("--magnitude-prior", type=float,
+                   help="start each unit's mask score from the L2 norm of the weights it controls, rescaled per mask to [0, this] "
+                   "(default 0: all equal); the first units pruned are then the smallest, as magnitude pruning would choose")
+    p.add_argument("--hold-masks", action="store_true", default=None,
+                   help="once the thresholds stop at the target, hold the kept units fixed too, so that only the weights train")
+    p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, lambda_f, ...) and steps / steps2 / lr / mask_lr / hold_masks; "
                    "flags given as well override it")
     p.add_argument("--steps", type=int,
                    help=f"training steps (default {PRUNE_DEFAULTS['steps']}): the thresholds come down over the first half, then stay "

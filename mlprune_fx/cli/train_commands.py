@@ -19,7 +19,7 @@ from .inputs import batch_source, check_device, data_spec, encoded, load_hf, loa
 from .run_dir import CLIError, RunDir
 
 
-_TRAINING_SETTINGS = {"steps": int, "steps2": int, "lr": float, "mask_lr": float}
+_TRAINING_SETTINGS = {"steps": int, "steps2": int, "lr": float, "mask_lr": float, "hold_masks": bool}
 
 
 def _check_training_settings(path: str, rest: dict, fields: set[str]) -> None:
@@ -29,6 +29,10 @@ def _check_training_settings(path: str, rest: dict, fields: set[str]) -> None:
                        f"({', '.join(sorted(fields))}) and {', '.join(_TRAINING_SETTINGS)}")
     for name, kind in _TRAINING_SETTINGS.items():
         value = rest.get(name)
+        if kind is bool:
+            if value is not None and not isinstance(value, bool):
+                raise CLIError(f"--config {path}: {name}={value!r} must be true or false")
+            continue
         ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
                                and (kind is float or float(value).is_integer()))
         if not ok:
@@ -99,7 +103,7 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
     _check_training_settings(args.config, rest, fields)
     if args.two_step:
         _check_two_step(args, cfg)
-    for key, flag in (("target", args.target), ("block_size", args.block_size)):
+    for key, flag in (("target", args.target), ("block_size", args.block_size), ("magnitude_prior", args.magnitude_prior)):
         if flag is not None:
             cfg[key] = flag
     if args.granularity:
@@ -153,7 +157,7 @@ def prune(args: argparse.Namespace) -> None:
     enc = encoded(splits, tokenizer, spec)
     data = batch_source(enc["train"], args.batch_size, spec.seed, device, args.group_by_length)
     example = next(iter(data(0)))
-    steps, lr, mask_lr = (_setting(args, settings, k) for k in ("steps", "lr", "mask_lr"))
+    steps, lr, mask_lr, hold_masks = (_setting(args, settings, k) for k in ("steps", "lr", "mask_lr", "hold_masks"))
     teacher = copy.deepcopy(model).eval() if args.distill else None
     tokenizer.save_pretrained(run.tokenizer)
     save_spec(run, spec, splits)
@@ -164,7 +168,7 @@ def prune(args: argparse.Namespace) -> None:
         result = two_step_prune(
             model, data, steps, steps2, r1=args.r1, r2=args.r2, second=args.second, block_size=cfg.block_size,
             example_inputs=example, distill=args.distill, pruning=_shared_fields(cfg), progress=not args.quiet,
-            lr=lr, mask_lr=mask_lr, log_every=max(1, min(steps, steps2) // 50),
+            lr=lr, mask_lr=mask_lr, hold_masks=hold_masks, log_every=max(1, min(steps, steps2) // 50),
         )
         save(result.model, run.converted)
         logs = [_log_dict(log) for log in result.logs]
@@ -179,7 +183,7 @@ def prune(args: argparse.Namespace) -> None:
             added = ["hidden_states"]
         prepared = prepare(model, cfg, example)
         log = train(
-            prepared, data, steps, lr=lr, mask_lr=mask_lr,
+            prepared, data, steps, lr=lr, mask_lr=mask_lr, hold_masks=hold_masks,
             teacher=teacher, progress=not args.quiet, desc="prune", log_every=max(1, steps // 50),
             **_checkpointing(args, run, "prune"),
         )
@@ -188,7 +192,7 @@ def prune(args: argparse.Namespace) -> None:
         record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "lr": lr, "logs": [_log_dict(log)],
                   "distillation_outputs": added}
         print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
-    record["remaining"] = report.remaining
+    record["remaining"], record["hold_masks"] = report.remaining, hold_masks
     record["model"] = _model_name(args.model)
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
     pruned = result.model if args.two_step else prepared
