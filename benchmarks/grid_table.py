@@ -1,0 +1,95 @@
+"""One accuracy table from the cells of several bench_accuracy.py runs.
+
+A grid is often run in pieces: one process a core, a share added in a later session. This
+merges the cells of result files that computed the same thing (every result setting equal,
+the same dense teacher) into the table bench_accuracy.py prints, shares from the largest,
+methods in the benchmark's order. Each cell keeps the speed-up measured side by side in its
+own run; the dense row's timing is the first file's.
+
+    python benchmarks/grid_table.py benchmarks/results/accuracy_teacher2000_lf200k_lr2e-4_rotten_tomatoes.json \
+        benchmarks/results/accuracy_teacher2000_lf200k_lr2e-4_targets_*_rotten_tomatoes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_accuracy import METHODS, RESULT_SETTINGS, dataset_table, with_defaults  # noqa: E402
+
+# The same computation on either device; every other result setting must match.
+COMPARED = tuple(k for k in RESULT_SETTINGS if k != "device")
+
+
+def _read(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text())
+        saved["settings"] = with_defaults(saved["settings"])
+        saved["datasets"].items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SystemExit(f"{path}: not a results file of bench_accuracy.py ({err})") from None
+    return saved
+
+
+def merge(paths: list[Path], dataset: str) -> tuple[dict, dict[str, tuple[Path, str]]]:
+    """The dataset's entry with the cells of every file, and each cell's (file, machine).
+
+    Refuses files that computed different things, or that both hold one cell.
+    """
+    merged, first, source = None, None, {}
+    for path in paths:
+        saved = _read(path)
+        entry = saved["datasets"].get(dataset)
+        if entry is None:
+            continue
+        machine = saved.get("machine", "machine: not recorded").split(";")[0].removeprefix("machine: ")
+        if merged is None:
+            merged, first = {**entry, "cells": dict(entry["cells"])}, (path, saved["settings"])
+            source.update(dict.fromkeys(entry["cells"], (path, machine)))
+            continue
+        differ = {k: (first[1].get(k), saved["settings"].get(k)) for k in COMPARED
+                  if first[1].get(k) != saved["settings"].get(k)}
+        if differ:
+            raise SystemExit(f"{path} was run with other settings than {first[0]}: {differ}; "
+                             "a table mixes only runs of one computation")
+        teacher = ("test_acc", "dev_acc")
+        if any(entry["dense"].get(k) != merged["dense"].get(k) for k in teacher):
+            raise SystemExit(f"{path} started from another dense model than {first[0]} "
+                             f"(test/dev {entry['dense'].get('test_acc')}/{entry['dense'].get('dev_acc')} against "
+                             f"{merged['dense'].get('test_acc')}/{merged['dense'].get('dev_acc')})")
+        for key, cell in entry["cells"].items():
+            if key in merged["cells"]:
+                raise SystemExit(f"cell {key} is in both {source[key][0]} and {path}: pass one of them")
+            merged["cells"][key], source[key] = cell, (path, machine)
+    if merged is None:
+        raise SystemExit(f"no file given holds the dataset {dataset!r}")
+    return merged, source
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", type=Path, help="results.json files of bench_accuracy.py")
+    p.add_argument("--dataset", default=None, help="the dataset to tabulate (default: the first file's first)")
+    args = p.parse_args(argv)
+    dataset = args.dataset or next(iter(_read(args.results[0])["datasets"]), None)
+    if dataset is None:
+        raise SystemExit(f"{args.results[0]} holds no dataset")
+    entry, source = merge(args.results, dataset)
+    targets = sorted({cell["target"] for cell in entry["cells"].values()}, reverse=True)
+    methods = [m for m in METHODS if any(cell["method"] == m for cell in entry["cells"].values())]
+    print(dataset_table(dataset, entry, targets, methods) + "\n")
+    by_file: dict[tuple[Path, str], list[str]] = {}
+    for key, where in source.items():
+        by_file.setdefault(where, []).append(key)
+    print(f"Each speed-up is against the dense model timed in the cell's own run; the dense row's ORT ms is "
+          f"{args.results[0].name}'s.")
+    for (path, machine), keys in by_file.items():
+        print(f"- {path.name} ({machine}): {', '.join(keys)}")
+
+
+if __name__ == "__main__":
+    main()
