@@ -29,8 +29,9 @@ def _read(path: Path) -> dict:
     try:
         saved = json.loads(path.read_text())
         saved["settings"] = with_defaults(saved["settings"])
-        saved["datasets"].items()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        if not isinstance(saved["datasets"], dict):
+            raise TypeError("'datasets' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"{path}: not a results file of bench_accuracy.py ({err})") from None
     return saved
 
