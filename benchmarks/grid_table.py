@@ -1,13 +1,13 @@
 """One accuracy table from the cells of several bench_accuracy.py runs.
 
 A grid is often run in pieces: one process a core, a share added in a later session. This
-merges the cells of result files that computed the same thing (every result setting equal,
-the same dense teacher) into the table bench_accuracy.py prints, shares from the largest,
-methods in the benchmark's order. Each cell keeps the speed-up measured side by side in its
-own run; the dense row's timing is the first file's.
+merges the cells of result files that computed the same thing (the same result settings and
+seed, the same dense teacher; mlprune's own options compared between the files that ran it)
+into the table bench_accuracy.py prints, shares from the largest, methods in the benchmark's
+order. Each cell keeps the speed-up measured side by side in its own run; the dense row's
+timing is the first file's.
 
-    python benchmarks/grid_table.py benchmarks/results/accuracy_teacher2000_lf200k_lr2e-4_rotten_tomatoes.json \
-        benchmarks/results/accuracy_teacher2000_lf200k_lr2e-4_targets_*_rotten_tomatoes.json
+    python benchmarks/grid_table.py benchmarks/results/grouped_3200_tweets_10pc_*.json
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import METHODS, RESULT_SETTINGS, dataset_table, with_defaults  # noqa: E402
+from bench_accuracy import METHODS, dataset_table, with_defaults  # noqa: E402
+from seed_summary import MLPRUNE_OPTIONS, SHARED, variant  # noqa: E402
 
-# The same computation on either device; every other result setting must match.
-COMPARED = tuple(k for k in RESULT_SETTINGS if k != "device")
+# What every cell of one table must share (the device aside: the same computation either way);
+# the options only mlprune reads must match between files that hold mlprune cells.
+COMPARED = SHARED + ("prune_seed",)
 
 
 def _read(path: Path) -> dict:
@@ -36,27 +38,35 @@ def _read(path: Path) -> dict:
     return saved
 
 
-def merge(paths: list[Path], dataset: str) -> tuple[dict, dict[str, tuple[Path, str]]]:
-    """The dataset's entry with the cells of every file, and each cell's (file, machine).
+def _same_settings(first: tuple[Path, dict], other: tuple[Path, dict], keys: tuple[str, ...]) -> None:
+    differ = {k: (first[1].get(k), other[1].get(k)) for k in keys if first[1].get(k) != other[1].get(k)}
+    if differ:
+        raise SystemExit(f"{other[0]} was run with other settings than {first[0]}: {differ}; "
+                         "a table mixes only runs of one computation")
+
+
+def merge(paths: list[Path], dataset: str) -> tuple[dict, dict[str, tuple[Path, str]], dict | None]:
+    """The dataset's entry with the cells of every file, each cell's (file, machine), and mlprune's settings.
 
     Refuses files that computed different things, or that both hold one cell.
     """
-    merged, first, source = None, None, {}
+    merged, first, first_mlprune, source = None, None, None, {}
     for path in paths:
         saved = _read(path)
         entry = saved["datasets"].get(dataset)
         if entry is None:
             continue
         machine = saved.get("machine", "machine: not recorded").split(";")[0].removeprefix("machine: ")
+        runs_mlprune = any(cell["method"].startswith("mlprune") for cell in entry["cells"].values())
+        if runs_mlprune:
+            if first_mlprune is not None:
+                _same_settings(first_mlprune, (path, saved["settings"]), MLPRUNE_OPTIONS)
+            first_mlprune = first_mlprune or (path, saved["settings"])
         if merged is None:
             merged, first = {**entry, "cells": dict(entry["cells"])}, (path, saved["settings"])
             source.update(dict.fromkeys(entry["cells"], (path, machine)))
             continue
-        differ = {k: (first[1].get(k), saved["settings"].get(k)) for k in COMPARED
-                  if first[1].get(k) != saved["settings"].get(k)}
-        if differ:
-            raise SystemExit(f"{path} was run with other settings than {first[0]}: {differ}; "
-                             "a table mixes only runs of one computation")
+        _same_settings(first, (path, saved["settings"]), COMPARED)
         teacher = ("test_acc", "dev_acc")
         if any(entry["dense"].get(k) != merged["dense"].get(k) for k in teacher):
             raise SystemExit(f"{path} started from another dense model than {first[0]} "
@@ -68,7 +78,7 @@ def merge(paths: list[Path], dataset: str) -> tuple[dict, dict[str, tuple[Path, 
             merged["cells"][key], source[key] = cell, (path, machine)
     if merged is None:
         raise SystemExit(f"no file given holds the dataset {dataset!r}")
-    return merged, source
+    return merged, source, first_mlprune and first_mlprune[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = args.dataset or next(iter(_read(args.results[0])["datasets"]), None)
     if dataset is None:
         raise SystemExit(f"{args.results[0]} holds no dataset")
-    entry, source = merge(args.results, dataset)
+    entry, source, mlprune_settings = merge(args.results, dataset)
     targets = sorted({cell["target"] for cell in entry["cells"].values()}, reverse=True)
     methods = [m for m in METHODS if any(cell["method"] == m for cell in entry["cells"].values())]
     print(dataset_table(dataset, entry, targets, methods) + "\n")
@@ -88,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         by_file.setdefault(where, []).append(key)
     print(f"Each speed-up is against the dense model timed in the cell's own run; the dense row's ORT ms is "
           f"{args.results[0].name}'s.")
+    if mlprune_settings is not None:
+        print(f"mlprune ran as {variant('mlprune', mlprune_settings)}.")
     for (path, machine), keys in by_file.items():
         print(f"- {path.name} ({machine}): {', '.join(keys)}")
 

@@ -43,15 +43,25 @@ def test_cells_of_several_runs_make_one_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("second, message", [
     (dict(cells=[cell("magnitude", 0.5, 0.7)]), "magnitude@0.5 is in both"),
-    (dict(cells=[cell("mlprune", 0.1, 0.6)], lr=1e-4), "other settings"),
+    (dict(cells=[cell("torch_pruning", 0.1, 0.6)], lr=1e-4), "other settings"),
+    (dict(cells=[cell("torch_pruning", 0.1, 0.6)], prune_seed=1), "other settings"),
     (dict(cells=[cell("mlprune", 0.1, 0.6)], hold_masks=True), "other settings"),
-    (dict(cells=[cell("mlprune", 0.1, 0.6)], dense_test=0.7), "another dense model"),
+    (dict(cells=[cell("torch_pruning", 0.1, 0.6)], dense_test=0.7), "another dense model"),
 ])
 def test_runs_of_different_computations_are_refused(tmp_path, second, message):
-    first = write(tmp_path, "a.json", [cell("magnitude", 0.5, 0.7)])
+    first = write(tmp_path, "a.json", [cell("magnitude", 0.5, 0.7), cell("mlprune", 0.5, 0.8)])
     other = write(tmp_path, "b.json", **second)
     with pytest.raises(SystemExit, match=message):
         grid_table.main([str(first), str(other)])
+
+
+def test_mlprune_options_do_not_separate_baselines(tmp_path, capsys):
+    """A baseline reads none of mlprune's options: its cells join a variant's run."""
+    variant = write(tmp_path, "a.json", [cell("mlprune", 0.1, 0.6)], hold_masks=True)
+    baselines = write(tmp_path, "b.json", [cell("magnitude", 0.1, 0.5)])
+    grid_table.main([str(variant), str(baselines)])
+    out = capsys.readouterr().out
+    assert "| magnitude | 10% |" in out and "mlprune ran as mlprune (" in out and "masks held)." in out
 
 
 def test_a_file_that_is_not_a_result_is_named(tmp_path):
