@@ -13,29 +13,17 @@ timing is the first file's.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import METHODS, dataset_table, with_defaults  # noqa: E402
-from seed_summary import MLPRUNE_OPTIONS, SHARED, variant  # noqa: E402
+from bench_accuracy import METHODS, dataset_table  # noqa: E402
+from seed_summary import MLPRUNE_OPTIONS, SHARED, machine_line, read_results, variant  # noqa: E402
 
 # What every cell of one table must share (the device aside: the same computation either way);
 # the options only mlprune reads must match between files that hold mlprune cells.
 COMPARED = SHARED + ("prune_seed",)
-
-
-def _read(path: Path) -> dict:
-    try:
-        saved = json.loads(path.read_text())
-        saved["settings"] = with_defaults(saved["settings"])
-        if not isinstance(saved["datasets"], dict):
-            raise TypeError("'datasets' is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SystemExit(f"{path}: not a results file of bench_accuracy.py ({err})") from None
-    return saved
 
 
 def _same_settings(first: tuple[Path, dict], other: tuple[Path, dict], keys: tuple[str, ...]) -> None:
@@ -52,11 +40,11 @@ def merge(paths: list[Path], dataset: str) -> tuple[dict, dict[str, tuple[Path, 
     """
     merged, first, first_mlprune, source = None, None, None, {}
     for path in paths:
-        saved = _read(path)
+        saved = read_results(path)
         entry = saved["datasets"].get(dataset)
         if entry is None:
             continue
-        machine = saved.get("machine", "machine: not recorded").split(";")[0].removeprefix("machine: ")
+        machine = machine_line(saved) or "machine not recorded"
         runs_mlprune = any(cell["method"].startswith("mlprune") for cell in entry["cells"].values())
         if runs_mlprune:
             if first_mlprune is not None:
@@ -86,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("results", nargs="+", type=Path, help="results.json files of bench_accuracy.py")
     p.add_argument("--dataset", default=None, help="the dataset to tabulate (default: the first file's first)")
     args = p.parse_args(argv)
-    dataset = args.dataset or next(iter(_read(args.results[0])["datasets"]), None)
+    dataset = args.dataset or next(iter(read_results(args.results[0])["datasets"]), None)
     if dataset is None:
         raise SystemExit(f"{args.results[0]} holds no dataset")
     entry, source, mlprune_settings = merge(args.results, dataset)

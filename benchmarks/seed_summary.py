@@ -59,6 +59,23 @@ def variant(method: str, settings: dict) -> str:
     return f"{method} ({', '.join(words)})"
 
 
+def read_results(path: Path) -> dict:
+    """A result file of bench_accuracy.py, its settings completed with the defaults of older files."""
+    try:
+        saved = json.loads(path.read_text())
+        saved["settings"] = with_defaults(saved["settings"])
+        if not isinstance(saved["datasets"], dict):
+            raise TypeError("'datasets' is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a results file of bench_accuracy.py ({err})") from None
+    return saved
+
+
+def machine_line(saved: dict) -> str:
+    """The machine a result file was made on, as its header wrote it ('' when not recorded)."""
+    return saved.get("machine", "").split(";")[0].removeprefix("machine: ")
+
+
 def machine_tag(header: str) -> str:
     """'AMD avx2', 'AMD avx512 25/17', 'Intel amx': the vendor, the widest ISA, and family/model where recorded."""
     isa = "amx" if "amx" in header else "avx512" if "avx512f" in header else "avx2" if "avx2" in header else "?"
@@ -79,13 +96,9 @@ def collect(paths: list[Path], dataset: str | None, target: float) -> dict[tuple
     """{shared settings: Comparison} over every cell at `target` in `paths`."""
     groups: dict[tuple, Comparison] = defaultdict(Comparison)
     for path in paths:
-        try:
-            saved = json.loads(path.read_text())
-            settings = with_defaults(saved["settings"])
-            datasets = saved["datasets"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SystemExit(f"{path}: not a results file of bench_accuracy.py ({err})") from None
-        machine = machine_tag(saved.get("machine", "").split(";")[0].removeprefix("machine: "))
+        saved = read_results(path)
+        settings, datasets = saved["settings"], saved["datasets"]
+        machine = machine_tag(machine_line(saved))
         for name, entry in datasets.items():
             if dataset is not None and name != dataset:
                 continue
