@@ -45,11 +45,11 @@ def merge(paths: list[Path], dataset: str) -> tuple[dict, dict[str, tuple[Path, 
         if entry is None:
             continue
         machine = machine_line(saved) or "machine not recorded"
-        runs_mlprune = any(cell["method"].startswith("mlprune") for cell in entry["cells"].values())
-        if runs_mlprune:
-            if first_mlprune is not None:
+        if any(cell["method"].startswith("mlprune") for cell in entry["cells"].values()):
+            if first_mlprune is None:
+                first_mlprune = (path, saved["settings"])
+            else:
                 _same_settings(first_mlprune, (path, saved["settings"]), MLPRUNE_OPTIONS)
-            first_mlprune = first_mlprune or (path, saved["settings"])
         if merged is None:
             merged, first = {**entry, "cells": dict(entry["cells"])}, (path, saved["settings"])
             source.update(dict.fromkeys(entry["cells"], (path, machine)))
