@@ -1,0 +1,61 @@
+"""The head-cost benchmark at toy size: layouts parsed, FFN rows fill the share, the kept counts converted."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import head_cost  # noqa: E402
+
+import mlprune_fx as mp  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=1100, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                        num_hidden_layers=2, max_position_embeddings=64, num_labels=3)
+    return BertForSequenceClassification(config).eval()
+
+
+def test_layouts_are_checked():
+    assert head_cost.parse_layout("few=1,2", layers=2, heads=4) == ("few", [1, 2])
+    for bad in ("few", "few=1", "few=1,5", "few=0,1", "few=a,b"):
+        with pytest.raises(SystemExit, match="heads kept per layer"):
+            head_cost.parse_layout(bad, layers=2, heads=4)
+
+
+def test_ffn_rows_spend_the_rest_of_the_share(tiny_bert):
+    config = tiny_bert.config
+    total = 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    for heads in ([1, 1], [4, 2]):
+        rows = head_cost.ffn_rows(heads, 0.5, config)
+        assert abs(rows[0] - rows[1]) <= 1
+        spent = sum(heads) * 4 * 32 * 8 + sum(rows) * 2 * 32
+        assert abs(spent - 0.5 * total) <= 2 * 32
+    with pytest.raises(SystemExit, match="fewer heads"):
+        head_cost.ffn_rows([4, 4], 0.5, config)
+
+
+def test_converted_model_keeps_the_layout(tiny_bert):
+    ids = torch.randint(1000, 1100, (2, 8))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    gm = head_cost.with_kept(tiny_bert, example, [1, 3], [10, 20], seed=0)
+    report = mp.sparsity_report(gm)
+    assert sorted(k for k, _ in report.heads_kept.values()) == [1, 3]
+    expected = (4 * 32 * 8 * 4 + 2 * 32 * 30) / (2 * (4 * 32 * 32 + 2 * 32 * 64))
+    assert report.remaining == pytest.approx(expected, abs=1e-6)
+
+
+def test_toy_run_prints_every_layout_at_every_length(tiny_bert, capsys):
+    table = head_cost.main(["--layout", "few=1,1", "--layout", "many=3,3", "--share", "0.5", "--seq", "8", "16",
+                            "--repeats", "1"], model=tiny_bert)
+    for seq in (8, 16):
+        for name in ("dense", "few", "many"):
+            assert f"| {seq} | {name} |" in table
+    assert "batch 8, ONNX Runtime" in capsys.readouterr().out
