@@ -4,8 +4,8 @@ Encoders with the same remaining share of encoder weights, spent on many heads a
 rows or on few heads and many rows, timed side by side in one run. A head's weights are
 counted by the regulariser; its attention scores, softmax and weighted sum (which grow
 with the sequence length) are not. The default layouts are those LEAP and Torch-Pruning
-kept at 20 % on the tweets (BENCHMARKS.md), with random masks: speed does not depend on
-which units are kept. Run: .venv/bin/python benchmarks/head_cost.py
+kept at 20 % on the tweets (BENCHMARKS.md) and LEAP's head count spread evenly, with random
+masks: speed does not depend on which units are kept. Run: .venv/bin/python benchmarks/head_cost.py
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def with_kept(model, example, heads: list[int], rows: list[int], seed: int) -> t
 def main(argv: list[str] | None = None, model: torch.nn.Module | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layout", action="append", default=None,
-                        help="NAME=k1,...,kL: heads kept per layer (repeatable; default: the three above)")
+                        help=f"NAME=k1,...,kL: heads kept per layer (repeatable; default: {' '.join(DEFAULT_LAYOUTS)})")
     parser.add_argument("--share", type=float, default=0.2, help="remaining share of the encoder weights")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", nargs="+", type=int, default=[64, 128, 256])
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None, model: torch.nn.Module | None = None) ->
         raise SystemExit(f"--share {args.share}: expected a fraction between 0 and 1")
     model = (model or load_packaged_model(num_labels=3)[0]).eval()
     config = model.config
+    if max(args.seq) > config.max_position_embeddings or min(args.seq) < 1:
+        raise SystemExit(f"--seq {args.seq}: each length must be 1..{config.max_position_embeddings}, the model's positions")
     layouts = [parse_layout(t, config.num_hidden_layers, config.num_attention_heads)
                for t in args.layout or DEFAULT_LAYOUTS]
     ids = torch.randint(1000, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))

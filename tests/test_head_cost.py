@@ -59,3 +59,8 @@ def test_toy_run_prints_every_layout_at_every_length(tiny_bert, capsys):
         for name in ("dense", "few", "many"):
             assert f"| {seq} | {name} |" in table
     assert "batch 8, ONNX Runtime" in capsys.readouterr().out
+
+
+def test_lengths_past_the_models_positions_are_refused(tiny_bert):
+    with pytest.raises(SystemExit, match="the model's positions"):
+        head_cost.main(["--layout", "few=1,1", "--share", "0.5", "--seq", "65"], model=tiny_bert)
