@@ -58,12 +58,14 @@ TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
                    "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows", "prune_seed",
-                   "group_by_length", "hold_masks", "target_schedule", "separate_clipping", "magnitude_prior")
+                   "group_by_length", "hold_masks", "target_schedule", "separate_clipping", "magnitude_prior",
+                   "attention_length")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": DESCENT,
                     "output_rows": mp.PruningConfig().prune_output_rows, "group_by_length": False,
                     "hold_masks": False, "target_schedule": "constant", "separate_clipping": False,
-                    "magnitude_prior": mp.PruningConfig().magnitude_prior}
+                    "magnitude_prior": mp.PruningConfig().magnitude_prior,
+                    "attention_length": mp.PruningConfig().attention_length}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -162,7 +164,8 @@ def side_by_side(dense, pruned, feeds: dict[str, np.ndarray], repeats: int) -> d
 
 def pruning_options(args) -> dict:
     """The PruningConfig fields the command line sets for the mlprune methods."""
-    return {"lambda_f": args.lambda_f, "prune_output_rows": args.output_rows, "magnitude_prior": args.magnitude_prior}
+    return {"lambda_f": args.lambda_f, "prune_output_rows": args.output_rows, "magnitude_prior": args.magnitude_prior,
+            "attention_length": args.attention_length}
 
 
 def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
@@ -356,6 +359,7 @@ def report(results: dict, args, header: str) -> str:
         f"{s['lambda_f']:g}, descent {s['descent']:g} of the steps{cubic if s['target_schedule'] == 'cubic' else ''}"
         f"{held if s['hold_masks'] else ''}{apart if s['separate_clipping'] else ''}"
         f"{f', scores started from a magnitude prior of {prior:g}' if (prior := s['magnitude_prior']) else ''}"
+        f"{f', target counting work with each head charged its attention at {n} tokens' if (n := s['attention_length']) else ''}"
         f"{'' if s['output_rows'] else kept_rows}. "
         f"remaining: share of the encoder linear weights (Q, K, V, O, FC1, FC2 of all layers) the model keeps; "
         f"params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
@@ -470,6 +474,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--magnitude-prior", type=float, default=SETTING_DEFAULTS["magnitude_prior"],
                    help="mlprune methods start each mask's scores from the L2 norm of the weights each unit "
                         "controls, rescaled per mask to [0, this] (PruningConfig.magnitude_prior; 0: all equal)")
+    p.add_argument("--attention-length", type=int, default=SETTING_DEFAULTS["attention_length"],
+                   help="mlprune methods count work instead of weights: each kept head also pays for its attention "
+                        "at this many tokens (PruningConfig.attention_length; default: weights alone)")
     p.add_argument("--no-output-rows", dest="output_rows", action="store_false",
                    help="mlprune methods keep every output row of the attention-output and FFN-output linears "
                         "(PruningConfig.prune_output_rows=False): the budget goes to heads and FFN rows alone")

@@ -31,7 +31,7 @@ from mlprune_fx.benchmarking import markdown_table  # noqa: E402
 
 # Options that only the mlprune methods read: they tell variants apart.
 MLPRUNE_OPTIONS = ("lambda_f", "descent", "output_rows", "hold_masks", "target_schedule", "separate_clipping",
-                   "magnitude_prior")
+                   "magnitude_prior", "attention_length")
 # What every method in a comparison shares: the benchmark's own result settings, less the above,
 # the seed (paired, not grouped on) and the device (the same computation either way).
 SHARED = tuple(k for k in RESULT_SETTINGS if k not in MLPRUNE_OPTIONS + ("prune_seed", "device"))
@@ -44,6 +44,8 @@ class Run:
     dev: float
     machine: str
     source: str
+    remaining: float | None = None  # share of the encoder weights kept
+    speedup: float | None = None  # dense over pruned ORT time, side by side in the run
 
 
 def variant(method: str, settings: dict) -> str:
@@ -56,6 +58,7 @@ def variant(method: str, settings: dict) -> str:
     words += ["thresholds clipped apart"] if settings["separate_clipping"] else []
     words += [f"{settings['target_schedule']} target"] if settings["target_schedule"] != "constant" else []
     words += [f"magnitude prior {settings['magnitude_prior']:g}"] if settings["magnitude_prior"] else []
+    words += [f"heads charged at {settings['attention_length']} tokens"] if settings["attention_length"] else []
     return f"{method} ({', '.join(words)})"
 
 
@@ -109,7 +112,10 @@ def collect(paths: list[Path], dataset: str | None, target: float) -> dict[tuple
             for cell in entry.get("cells", {}).values():
                 if abs(cell.get("target", -1) - target) > 1e-9 or cell.get("test_acc") is None:
                     continue
-                run = Run(settings["prune_seed"], 100 * cell["test_acc"], 100 * cell["dev_acc"], machine, path.name)
+                dense_ms = cell.get("dense_ort_ms") or dense.get("ort_ms")
+                speedup = dense_ms / cell["ort_ms"] if dense_ms and cell.get("ort_ms") else None
+                run = Run(settings["prune_seed"], 100 * cell["test_acc"], 100 * cell["dev_acc"], machine, path.name,
+                          cell.get("remaining"), speedup)
                 groups[shared].runs[variant(cell["method"], settings)].append(run)
     return {k: g for k, g in groups.items() if g.runs}
 
@@ -132,9 +138,14 @@ def per_variant(runs: dict[str, list[Run]]) -> str:
         rs = sorted(runs[name], key=lambda r: (r.seed, r.source))
         seeds = ", ".join(f"{r.seed}: {r.test:.2f} ({r.dev:.2f})" + (f" [{r.machine}]" if several else "") for r in rs)
         per_seed = by_seed(rs).values()
+        kept = [r.remaining for r in rs if r.remaining is not None]
+        fast = [r.speedup for r in rs if r.speedup is not None]
         rows.append([name, len(per_seed), seeds, _mean_sd([v["test"] for v in per_seed]),
-                     _mean_sd([v["dev"] for v in per_seed])])
-    return markdown_table(["method", "seeds", "seed: test (dev)", "test mean ± sd", "dev mean ± sd"], rows)
+                     _mean_sd([v["dev"] for v in per_seed]),
+                     f"{100 * statistics.mean(kept):.1f} %" if kept else "-",
+                     f"{min(fast):.2f}-{max(fast):.2f}x" if fast else "-"])
+    return markdown_table(["method", "seeds", "seed: test (dev)", "test mean ± sd", "dev mean ± sd",
+                           "weights kept", "speed-up"], rows)
 
 
 def by_seed(runs: list[Run]) -> dict[int, dict[str, float]]:

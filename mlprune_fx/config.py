@@ -30,6 +30,11 @@ class PruningConfig:
         lambda = max(lambda_f * R / (1 - target)^2, lambda_min), or lambda_small
         when R < small_penalty.
     floor_ratios: floor each mask's keep ratio at 1/n in the regulariser.
+    attention_length: the sequence length the model will serve. Given, the target
+        counts work instead of weights: each head also costs what its attention
+        does per token at that length (`leap.ATTENTION_COST` x length x head_dim
+        weights' worth), so the regulariser trades a head against FFN rows at
+        their cost in time. None (the default) counts weights alone.
     """
 
     target: float = 0.5
@@ -44,6 +49,7 @@ class PruningConfig:
     lambda_small: float = 10.0
     small_penalty: float = 3e-4
     floor_ratios: bool = True
+    attention_length: int | None = None
     skip: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -71,6 +77,12 @@ class PruningConfig:
             raise ConfigError(
                 f"magnitude_prior={self.magnitude_prior!r} must be a finite number >= 0: it is how far ahead "
                 "of the weakest unit's score the strongest unit's starts (0 starts every score equal)"
+            )
+        length = self.attention_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            raise ConfigError(
+                f"attention_length={length!r} must be a whole number of tokens >= 1 (the length the model "
+                "will serve, e.g. 128), or None to count weights alone"
             )
         if self.lambda_f < 0 or self.lambda_min < 0 or self.lambda_small < 0:
             raise ConfigError("lambda_f, lambda_min and lambda_small must be >= 0")

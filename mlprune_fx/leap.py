@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from .state import mask_modules, pruning_state
+from .state import PruningState, mask_modules, pruning_state
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,43 @@ class Penalty:
     lam: float
 
 
+# A head's attention (Q K^T, softmax, the weighted sum of V) per token and head_dim
+# unit of sequence length, in weights' worth: the two products make 2 multiply-adds,
+# and ONNX Runtime on CPU spends about as long again on the softmax, the mask and the
+# copies around them (benchmarks/head_cost.py: 3.5-4.6 at 64 to 256 tokens).
+ATTENTION_COST = 4
+
+
+def head_cost(head_dim: int, length: int) -> int:
+    """What one kept head's attention costs per token, in weights' worth."""
+    return ATTENTION_COST * length * head_dim
+
+
+def attention_work(state: PruningState) -> list[tuple[int, str | None]]:
+    """Per attention block: all its heads' `head_cost`, and the key of its head mask.
+
+    Empty when the target counts weights alone (no `attention_length`); the key is
+    None where the block's heads are not masked, so its attention is a fixed cost.
+    """
+    length = state.config.attention_length
+    if length is None:
+        return []
+    work = []
+    for block in state.structure.attention:
+        q = state.masks_of(block.q.weight)
+        key = q.rows.key if q is not None and q.rows is not None else None  # Q's rows: the head mask
+        work.append((block.num_heads * head_cost(block.head_dim, length), key))
+    return work
+
+
 def soft_remaining(gm: fx.GraphModule) -> torch.Tensor:
     """rho = sum_W numel(W) * prod(keep ratios of W's masks) / sum_W numel(W).
 
     Keep ratios are sigmoid(T), floored at 1/n. For BERT with heads (a), O rows (o),
     FC1 rows (f1) and FC2 rows (f2) this is MLPruning's (3a + a*o + 4*f1 + 4*f1*f2)/12
-    per layer, counted with the real matrix sizes of whatever was discovered.
+    per layer, counted with the real matrix sizes of whatever was discovered. With
+    `attention_length` set, each head's attention joins both sums at `head_cost`,
+    scaled by its block's head keep ratio, and rho becomes the share of the work kept.
     """
     state = pruning_state(gm, "prepared")
     masks = mask_modules(gm)
@@ -42,6 +73,9 @@ def soft_remaining(gm: fx.GraphModule) -> torch.Tensor:
             factor = factor * ratios[ref.key]
         kept = kept + lm.site.numel * factor
         total += lm.site.numel
+    for cost, key in attention_work(state):
+        kept = kept + cost * (masks[key].keep_ratio(floor) if key is not None else 1.0)
+        total += cost
     return kept / max(total, 1)
 
 

@@ -39,7 +39,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from .distill import DistillConfig, KDLoss, accepted_arguments
-from .leap import check_schedule, penalty, scheduled_target
+from .leap import attention_work, check_schedule, penalty, scheduled_target
 from .masking import expand_blocks, expand_units
 from .state import MASK_CONTAINER, mask_modules, pruning_state
 
@@ -156,11 +156,25 @@ def hard_remaining(prepared: nn.Module) -> float:
     The same figure as `sparsity_report(prepared).remaining`, counted without
     materialising each matrix's mask, so the hold's bisection can call it often.
     """
+    return _hard_share(prepared, work=False)
+
+
+def hard_target_share(prepared: nn.Module) -> float:
+    """What the target counts, under the hard masks: `hard_remaining`, or with
+    `attention_length` the share of the work, each kept head's attention included."""
+    return _hard_share(prepared, work=True)
+
+
+def _hard_share(prepared: nn.Module, work: bool) -> float:
     prepared = unwrap(prepared)
     state = pruning_state(prepared, "prepared")
     masks = {k: m().detach().float().cpu() for k, m in mask_modules(prepared).items()}
     kept = sum(float(_kept(lm, masks, state.config.block_size)) for lm in state.linears)
-    return kept / max(sum(lm.site.numel for lm in state.linears), 1)
+    total = sum(lm.site.numel for lm in state.linears)
+    for cost, key in attention_work(state) if work else []:
+        kept += cost * (float(masks[key].mean()) if key is not None else 1.0)
+        total += cost
+    return kept / max(total, 1)
 
 
 ADJUST_WARNING = 0.25  # a hold that moves every mask by more than this is worth a warning
@@ -213,7 +227,7 @@ class ThresholdHold:
             ratios = scaled_ratios(base, adjust).clamp(1e-12, 1 - 1e-12)
             for t, value in zip(self.thresholds, torch.logit(ratios)):
                 t.fill_(float(value))
-            return hard_remaining(self.prepared)
+            return hard_target_share(self.prepared)
 
         self.before = ratio_at(0.0)
         lo, hi = -1.0, 1.0  # ratio(lo) < target <= ratio(hi) once bracketed

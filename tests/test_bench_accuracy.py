@@ -53,7 +53,7 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
             "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
             "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
             "--descent", "0.25", "--hold-masks", "--no-output-rows", "--lambda-f", "3e4", "--target-schedule", "cubic",
-            "--separate-clipping", "--magnitude-prior", "0.5", "--out", str(tmp_path)]
+            "--separate-clipping", "--magnitude-prior", "0.5", "--attention-length", "32", "--out", str(tmp_path)]
     bench_accuracy.main(argv)
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["datasets"]["rotten_tomatoes"]
@@ -71,6 +71,8 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     assert not seen["config"].prune_output_rows and seen["config"].lambda_f == 3e4
     assert seen["config"].magnitude_prior == 0.5 and results["settings"]["magnitude_prior"] == 0.5
     assert "magnitude prior of 0.5" in table
+    assert seen["config"].attention_length == 32 and results["settings"]["attention_length"] == 32
+    assert "attention at 32 tokens" in table
     assert 0.25 in seen["descent"] and True in seen["hold_masks"]
     assert results["settings"]["descent"] == 0.25 and results["settings"]["output_rows"] is False
     assert results["settings"]["hold_masks"] is True

@@ -168,7 +168,7 @@ def test_keep_output_rows_leaves_the_hidden_width_whole(tmp_path, tiny_hf, tiny_
     assert len(masks) == 4 and {m.granularity for m in masks.values()} == {"head", "row"}  # per layer: heads, FFN rows
 
 
-def test_hold_masks_and_the_magnitude_prior_from_flags_or_config(tmp_path, tiny_hf, tiny_csv, monkeypatch):
+def test_hold_masks_magnitude_prior_and_attention_length_from_flags_or_config(tmp_path, tiny_hf, tiny_csv, monkeypatch):
     import mlprune_fx.cli.train_commands as commands
 
     held = []
@@ -177,14 +177,17 @@ def test_hold_masks_and_the_magnitude_prior_from_flags_or_config(tmp_path, tiny_
     args = ["--model", tiny_hf, "--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment",
             "--max-length", "16", "--batch-size", "8", "--steps", "2", "--target", "0.5", "--quiet"]
     r = tmp_path / "flags"
-    assert run("prune", "--run", r, *args, "--hold-masks", "--magnitude-prior", "1") == 0
+    assert run("prune", "--run", r, *args, "--hold-masks", "--magnitude-prior", "1", "--attention-length", "16") == 0
     saved = json.loads((r / "prune.json").read_text())
     assert held == [True] and saved["hold_masks"] is True and saved["config"]["magnitude_prior"] == 1
+    assert saved["config"]["attention_length"] == 16 and load(r / "prepared").meta["mlprune_fx"].config.attention_length == 16
     config = tmp_path / "prune.json"
-    config.write_text(json.dumps({"hold_masks": True, "magnitude_prior": 0.5}))
+    config.write_text(json.dumps({"hold_masks": True, "magnitude_prior": 0.5, "attention_length": 64}))
     r = tmp_path / "config"
     assert run("prune", "--run", r, *args, "--config", config) == 0
     assert held == [True, True] and json.loads((r / "prune.json").read_text())["config"]["magnitude_prior"] == 0.5
+    assert json.loads((r / "prune.json").read_text())["config"]["attention_length"] == 64
+    assert run("prune", "--run", tmp_path / "bad", *args, "--attention-length", "0") == 2
     assert run("prune", "--run", tmp_path / "default", *args) == 0
     assert held == [True, True, False]
 

@@ -24,8 +24,9 @@ def tiny_bert():
 
 
 def test_layouts_are_checked():
-    assert head_cost.parse_layout("few=1,2", layers=2, heads=4) == ("few", [1, 2])
-    for bad in ("few", "few=1", "few=1,5", "few=0,1", "few=a,b"):
+    assert head_cost.parse_layout("few=1,2", layers=2, heads=4) == ("few", [1, 2], None)
+    assert head_cost.parse_layout("few=1,2@0.17", layers=2, heads=4) == ("few", [1, 2], 0.17)
+    for bad in ("few", "few=1", "few=1,5", "few=0,1", "few=a,b", "few=1,2@", "few=1,2@1.5", "few=1,2@x"):
         with pytest.raises(SystemExit, match="heads kept per layer"):
             head_cost.parse_layout(bad, layers=2, heads=4)
 
@@ -53,10 +54,10 @@ def test_converted_model_keeps_the_layout(tiny_bert):
 
 
 def test_toy_run_prints_every_layout_at_every_length(tiny_bert, capsys):
-    table = head_cost.main(["--layout", "few=1,1", "--layout", "many=3,3", "--share", "0.5", "--seq", "8", "16",
+    table = head_cost.main(["--layout", "few=1,1", "--layout", "many=3,3", "--layout", "lean=3,3@0.4", "--share", "0.5", "--seq", "8", "16",
                             "--repeats", "1"], model=tiny_bert)
     for seq in (8, 16):
-        for name in ("dense", "few", "many"):
+        for name in ("dense", "few", "many", "lean"):
             assert f"| {seq} | {name} |" in table
     assert "batch 8, ONNX Runtime" in capsys.readouterr().out
 
@@ -64,3 +65,12 @@ def test_toy_run_prints_every_layout_at_every_length(tiny_bert, capsys):
 def test_lengths_past_the_models_positions_are_refused(tiny_bert):
     with pytest.raises(SystemExit, match="the model's positions"):
         head_cost.main(["--layout", "few=1,1", "--share", "0.5", "--seq", "65"], model=tiny_bert)
+
+
+def test_attention_cost_recovers_a_heads_worth_in_weights():
+    # ms = 2 + weights / 1000 + heads * 0.5: a head costs 500 weights
+    points = [(w, h, 2 + w / 1000 + h * 0.5) for w, h in ((10_000, 8), (2_000, 2), (2_000, 6), (2_000, 4))]
+    assert head_cost.attention_cost(points) == pytest.approx(500)
+    assert head_cost.attention_cost(points[:2]) is None  # two points cannot separate three terms
+    assert head_cost.attention_cost([(10_000, 8, 9), (2_000, 2, 3), (4_000, 4, 5)]) is not None
+    assert head_cost.attention_cost([(10_000, 8, 9), (5_000, 4, 5), (2_500, 2, 3)]) is None  # heads follow weights

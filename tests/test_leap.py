@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.leap import soft_remaining
+from mlprune_fx.leap import head_cost, soft_remaining
 from mlprune_fx.state import mask_modules
+from mlprune_fx.training import hard_remaining, hard_target_share
 
 from conftest import example_inputs, prepare_tiny, tiny_model
 
@@ -114,3 +115,54 @@ def test_scheduled_target():
     assert all(a > b for a, b in zip(cubic[:10], cubic[1:11]))
     with pytest.raises(ValueError, match="cubic"):
         scheduled_target(0.2, 0, 10, "exponential")
+
+
+def test_attention_length_counts_each_heads_attention_as_work():
+    # per layer: Q, K, V, O 64x64 = 4096 each, FC1/FC2 128x64 = 8192 each; 4 heads of 16 at length 32
+    cfg = mp.PruningConfig(target=0.3, granularity=("head", "row"), prune_output_rows=False, attention_length=32)
+    prepared = prepare_tiny("bert", config=cfg, layers=2)
+    a, f1 = 0.5, 0.25
+    _set(prepared, {"__heads": a, "intermediate_dense__rows": f1})
+    attention = 4 * head_cost(16, 32)
+    assert attention == 4 * 4 * 32 * 16
+    expected = (4096 * 4 * a + 8192 * 2 * f1 + attention * a) / (4096 * 4 + 8192 * 2 + attention)
+    assert float(soft_remaining(prepared).detach()) == pytest.approx(expected, rel=1e-5)
+    weights_only = prepare_tiny("bert", config=cfg.replace(attention_length=None), layers=2)
+    _set(weights_only, {"__heads": a, "intermediate_dense__rows": f1})
+    assert float(soft_remaining(weights_only).detach()) == pytest.approx((4096 * 4 * a + 8192 * 2 * f1) / 32768, rel=1e-5)
+    # the hard share counts kept heads the same way; the reported remaining weights do not
+    assert hard_target_share(prepared) == pytest.approx(expected, rel=1e-5)
+    assert hard_remaining(prepared) == pytest.approx(hard_target_share(weights_only), rel=1e-6)
+
+
+def test_attention_length_pulls_harder_on_heads_than_on_rows():
+    def head_and_row_grads(length):
+        cfg = mp.PruningConfig(target=0.1, granularity=("head", "row"), prune_output_rows=False, attention_length=length)
+        prepared = prepare_tiny("bert", config=cfg, layers=1)
+        _set(prepared, {"__heads": 0.5, "__rows": 0.5})
+        mp.regularization(prepared).backward()
+        grads = {k: float(m.threshold.grad) for k, m in mask_modules(prepared).items()}
+        return next(g for k, g in grads.items() if k.endswith("__heads")), next(g for k, g in grads.items() if k.endswith("__rows"))
+
+    heads, rows = head_and_row_grads(None)
+    heads_l, rows_l = head_and_row_grads(64)
+    # without it a head ratio and an FFN ratio control equal weights (16384 each) here, so equal pulls
+    assert heads == pytest.approx(rows, rel=1e-5)
+    assert heads_l / rows_l == pytest.approx((16384 + 4 * head_cost(16, 64)) / 16384, rel=1e-5)
+
+
+def test_hold_calibrates_the_share_of_work_with_attention_length():
+    from mlprune_fx.training import ThresholdHold
+
+    cfg = mp.PruningConfig(target=0.3, granularity=("head", "row"), attention_length=64)
+    prepared = prepare_tiny("bert", config=cfg, layers=2)
+    _set(prepared, {"__heads": 0.7, "__rows": 0.6})
+    reached = ThresholdHold(prepared).calibrate()
+    assert reached == pytest.approx(hard_target_share(prepared)) and abs(reached - 0.3) < 0.06
+    assert hard_remaining(prepared) != pytest.approx(reached, abs=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -128, 12.5, "128", True])
+def test_attention_length_must_be_a_positive_whole_number(bad):
+    with pytest.raises(mp.ConfigError, match="attention_length"):
+        mp.PruningConfig(attention_length=bad)

@@ -40,7 +40,7 @@ def test_means_and_paired_differences(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("## toy at 20%") == 2, "another budget is its own comparison"
     assert "dense teacher: test 80.00 %, dev 82.00 %" in out
-    assert "| magnitude | 3 | 1: 78.50 (80.00), 2: 79.00 (81.00), 3: 78.00 (80.00) | 78.50 ± 0.50 | 80.33 ± 0.58 |" in out
+    assert "| magnitude | 3 | 1: 78.50 (80.00), 2: 79.00 (81.00), 3: 78.00 (80.00) | 78.50 ± 0.50 | 80.33 ± 0.58 | - | - |" in out
     assert "| mlprune (lambda_f 200000, descent 0.5) | 2 |" in out
     assert "| mlprune (lambda_f 200000, descent 0.5, masks held) | 1 |" in out
     test_row = "| mlprune (lambda_f 200000, descent 0.5) | magnitude | test | 1, 2 | +0.50 +1.00 | +0.75 | 0.25 |"
@@ -70,3 +70,17 @@ def test_bad_files_and_empty_selections_say_what_is_wrong(tmp_path):
     good = write(tmp_path, "good.json", 1, {"mlprune": (0.79, 0.81)})
     with pytest.raises(SystemExit, match="no cell at target 0.5"):
         seed_summary.main([str(good), "--target", "0.5"])
+
+
+def test_weights_kept_and_speed_up_come_from_the_cells(tmp_path, capsys):
+    path = write(tmp_path, "a.json", 1, {"mlprune": (0.79, 0.81)})
+    saved = json.loads(path.read_text())
+    saved["datasets"]["toy"]["cells"]["mlprune@0.2"].update(remaining=0.171, ort_ms=50.0, dense_ort_ms=225.0)
+    path.write_text(json.dumps(saved))
+    other = write(tmp_path, "b.json", 2, {"mlprune": (0.78, 0.80)})
+    saved = json.loads(other.read_text())
+    saved["datasets"]["toy"]["dense"]["ort_ms"] = 200.0  # older files: the dense time only on the dense entry
+    saved["datasets"]["toy"]["cells"]["mlprune@0.2"].update(remaining=0.169, ort_ms=50.0)
+    other.write_text(json.dumps(saved))
+    seed_summary.main([str(path), str(other)])
+    assert "| 17.0 % | 4.00-4.50x |" in capsys.readouterr().out

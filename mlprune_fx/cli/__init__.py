@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--magnitude-prior", type=float,
                    help="start each unit's mask score from the L2 norm of the weights it controls, rescaled per mask to [0, this] "
                    "(default 0: all equal); the first units pruned are then the smallest, as magnitude pruning would choose")
+    p.add_argument("--attention-length", type=int, metavar="TOKENS",
+                   help="the sequence length the pruned model will serve: the target then counts work, not weights, "
+                   "and each kept head also pays for its attention at that length, so the model keeps fewer heads and "
+                   "runs faster at the same target (default: count weights alone)")
     p.add_argument("--hold-masks", action="store_true", default=None,
                    help="once the thresholds stop at the target, hold the kept units fixed too, so that only the weights train")
     p.add_argument("--config", help="JSON file with PruningConfig fields (target, granularity, lambda_f, ...) and steps / steps2 / lr / mask_lr / hold_masks; "

@@ -103,7 +103,9 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
     _check_training_settings(args.config, rest, fields)
     if args.two_step:
         _check_two_step(args, cfg)
-    for key, flag in (("target", args.target), ("block_size", args.block_size), ("magnitude_prior", args.magnitude_prior)):
+    flags = (("target", args.target), ("block_size", args.block_size), ("magnitude_prior", args.magnitude_prior),
+             ("attention_length", args.attention_length))
+    for key, flag in flags:
         if flag is not None:
             cfg[key] = flag
     if args.granularity:
