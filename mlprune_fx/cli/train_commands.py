@@ -13,7 +13,7 @@ import torch
 from .. import PruningConfig, prepare, save, sparsity_report
 from ..distill import enable_distillation_outputs
 from ..errors import MLPruneError
-from ..training import train
+from ..training import hard_target_share, train
 from . import PRUNE_DEFAULTS
 from .inputs import batch_source, check_device, data_spec, encoded, load_hf, load_splits, save_spec, split_accuracy
 from .run_dir import CLIError, RunDir
@@ -193,7 +193,10 @@ def prune(args: argparse.Namespace) -> None:
         report = sparsity_report(prepared)
         record = {"mode": "one-step", "config": dataclasses.asdict(cfg), "steps": steps, "lr": lr, "logs": [_log_dict(log)],
                   "distillation_outputs": added}
-        print(f"pruned to {report.remaining:.1%} of the encoder weights (target {cfg.target:.0%}); prepared model in {run.prepared}")
+        work = (f", {hard_target_share(prepared):.1%} of the work at {cfg.attention_length} tokens"
+                if cfg.attention_length is not None else "")
+        print(f"pruned to {report.remaining:.1%} of the encoder weights{work} (target {cfg.target:.0%}); "
+              f"prepared model in {run.prepared}")
     record["remaining"], record["hold_masks"] = report.remaining, hold_masks
     record["model"] = _model_name(args.model)
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
