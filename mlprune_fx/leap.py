@@ -23,7 +23,8 @@ class Penalty:
 # A head's attention (Q K^T, softmax, the weighted sum of V) per token and head_dim
 # unit of sequence length, in weights' worth: the two products make 2 multiply-adds,
 # and ONNX Runtime on CPU spends about as long again on the softmax, the mask and the
-# copies around them (benchmarks/head_cost.py: 3.5-4.6 at 64 to 256 tokens).
+# copies around them (benchmarks/head_cost.py fitted 3.8-4.4 at 128 tokens, 3.5-3.6
+# at 256; more at 64, where a head's fixed overhead weighs more).
 ATTENTION_COST = 4
 
 
