@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.leap import ATTENTION_COST
 from mlprune_fx.benchmarking import machine_header, markdown_table, time_side_by_side
+from mlprune_fx.leap import ATTENTION_COST
 from mlprune_fx.models import load_packaged_model
 from mlprune_fx.state import mask_modules
 
