@@ -16,7 +16,8 @@ GRANULARITIES = ("head", "row", "block", "unstructured")
 class PruningConfig:
     """What to prune and how far.
 
-    target: remaining fraction of the prunable encoder weights, in (0, 1].
+    target: remaining fraction of the prunable encoder weights (of their work, with
+        attention_length), in (0, 1].
     granularity: any of "head", "row", "block", "unstructured".
     block_size: side of the square blocks of the "block" granularity.
     prune_output_rows: with "row", also mask the output rows of attention-output
