@@ -120,7 +120,6 @@ def main(argv: list[str] | None = None, model: torch.nn.Module | None = None) ->
     rows_out, fits = [], []
     head_dim = config.hidden_size // config.num_attention_heads
     total_heads = config.num_hidden_layers * config.num_attention_heads
-    weights = config.num_hidden_layers * (4 * config.hidden_size**2 + 2 * config.hidden_size * config.intermediate_size)
     with tempfile.TemporaryDirectory() as tmp:
         sessions, shapes = {}, {}
         models = [("dense", mp.convert(mp.prepare(model, mp.PruningConfig(target=1.0), example)), None, None)]
@@ -130,22 +129,22 @@ def main(argv: list[str] | None = None, model: torch.nn.Module | None = None) ->
         for name, gm, heads, rows in models:
             path = mp.export_onnx(gm, Path(tmp) / f"{name}.onnx", example)
             sessions[name] = mp.runtime.InferenceSession(path, num_threads=args.threads, spinning=False)
-            shapes[name] = (heads, rows, mp.sparsity_report(gm).remaining)
+            shapes[name] = (heads, rows, mp.sparsity_report(gm))
         rng = np.random.default_rng(0)
         for seq in args.seq:
             ids = rng.integers(1000, config.vocab_size, (args.batch, seq), dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
             ms = time_side_by_side({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()},
                                    repeats=args.repeats)
-            for name, (heads, rows, remaining) in shapes.items():
+            for name, (heads, rows, report) in shapes.items():
                 rows_out.append([
                     seq, name, "all" if heads is None else f"{sum(heads)} {heads}",
-                    "all" if rows is None else f"{sum(rows)}", f"{remaining:.1%}",
+                    "all" if rows is None else f"{sum(rows)}", f"{report.remaining:.1%}",
                     f"{ms[name]:.1f}", f"{ms['dense'] / ms[name]:.2f}x",
                 ])
                 print(" | ".join(str(c) for c in rows_out[-1]), flush=True)
-            worth = attention_cost([(remaining * weights, total_heads if heads is None else sum(heads), ms[name])
-                                    for name, (heads, _, remaining) in shapes.items()])
+            worth = attention_cost([(report.kept, total_heads if heads is None else sum(heads), ms[name])
+                                    for name, (heads, _, report) in shapes.items()])
             if worth is not None:
                 fits.append(f"{seq} tokens: a head's attention costs {worth:,.0f} weights' worth a token, "
                             f"{worth / (seq * head_dim):.1f} x length x head_dim (leap.ATTENTION_COST is {ATTENTION_COST})")
