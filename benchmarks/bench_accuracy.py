@@ -50,7 +50,9 @@ from mlprune_fx.distill import DistillConfig, enable_distillation_outputs  # noq
 from mlprune_fx.leap import TARGET_SCHEDULES  # noqa: E402
 from mlprune_fx.models import load_packaged_model  # noqa: E402
 from mlprune_fx.pipeline import drop_outputs, two_step_prune  # noqa: E402
-from mlprune_fx.training import ADJUST_WARNING, DESCENT, accuracy, describe_adjust, train  # noqa: E402
+from mlprune_fx.training import (  # noqa: E402
+    ADJUST_WARNING, DESCENT, accuracy, default_mask_lr, describe_adjust, train,
+)
 
 METHODS = ("mlprune", "mlprune_2step", "magnitude", "torch_pruning", "dense_more")
 DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
@@ -59,13 +61,13 @@ TWO_STEP_R1 = 0.5
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
                    "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows", "prune_seed",
                    "group_by_length", "hold_masks", "target_schedule", "separate_clipping", "magnitude_prior",
-                   "attention_length")
+                   "attention_length", "mask_lr_scale")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": DESCENT,
                     "output_rows": mp.PruningConfig().prune_output_rows, "group_by_length": False,
                     "hold_masks": False, "target_schedule": "constant", "separate_clipping": False,
                     "magnitude_prior": mp.PruningConfig().magnitude_prior,
-                    "attention_length": mp.PruningConfig().attention_length}
+                    "attention_length": mp.PruningConfig().attention_length, "mask_lr_scale": 1.0}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -175,8 +177,11 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
         enable_distillation_outputs(student, attentions=False)  # before prepare, so the graph returns them
     config = mp.PruningConfig(target=target, granularity=("head", "row"), **pruning_options(args))
     prepared = mp.prepare(student, config, data.example)
+    mask_lr = None
+    if args.mask_lr_scale != 1.0:
+        mask_lr = args.mask_lr_scale * default_mask_lr(prepared, args.prune_steps, descent=args.descent or 1.0)
     log = train(prepared, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None,
-                distill=kd, progress=args.progress, desc=f"mlprune {target}", descent=args.descent,
+                distill=kd, progress=args.progress, desc=f"mlprune {target}", descent=args.descent, mask_lr=mask_lr,
                 hold_masks=args.hold_masks, target_schedule=args.target_schedule,
                 separate_clipping=args.separate_clipping)
     report = mp.sparsity_report(prepared)
@@ -360,6 +365,7 @@ def report(results: dict, args, header: str) -> str:
         f"{held if s['hold_masks'] else ''}{apart if s['separate_clipping'] else ''}"
         f"{f', scores started from a magnitude prior of {prior:g}' if (prior := s['magnitude_prior']) else ''}"
         f"{f', target counting work with each head charged its attention at {n} tokens' if (n := s['attention_length']) else ''}"
+        f"{f', mask learning rate {x:g}x the derived one' if (x := s['mask_lr_scale']) != 1 else ''}"
         f"{'' if s['output_rows'] else kept_rows}. "
         f"remaining: share of the encoder linear weights (Q, K, V, O, FC1, FC2 of all layers) the model keeps; "
         f"params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
@@ -477,6 +483,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--attention-length", type=int, default=SETTING_DEFAULTS["attention_length"],
                    help="mlprune methods count work instead of weights: each kept head also pays for its attention "
                         "at this many tokens (PruningConfig.attention_length; default: weights alone)")
+    p.add_argument("--mask-lr-scale", type=float, default=SETTING_DEFAULTS["mask_lr_scale"],
+                   help="the mlprune method's mask learning rate is this times the one train() derives from the run "
+                        "(default_mask_lr): above 1 the thresholds travel further before the hold")
     p.add_argument("--no-output-rows", dest="output_rows", action="store_false",
                    help="mlprune methods keep every output row of the attention-output and FFN-output linears "
                         "(PruningConfig.prune_output_rows=False): the budget goes to heads and FFN rows alone")
@@ -511,6 +520,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--targets {args.targets}: each must lie in (0, 1]")
     if not 0 < args.descent <= 1:
         p.error(f"--descent {args.descent}: must lie in (0, 1]")
+    if args.mask_lr_scale <= 0:
+        p.error(f"--mask-lr-scale {args.mask_lr_scale}: must be above 0")
+    if args.mask_lr_scale != 1.0 and "mlprune_2step" in args.methods:
+        p.error("--mask-lr-scale applies to the mlprune method only; run mlprune_2step without it")
     if min(args.finetune_steps, args.prune_steps) < 1:
         p.error("--finetune-steps and --prune-steps must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():

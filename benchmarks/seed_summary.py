@@ -31,7 +31,7 @@ from mlprune_fx.benchmarking import markdown_table  # noqa: E402
 
 # Options that only the mlprune methods read: they tell variants apart.
 MLPRUNE_OPTIONS = ("lambda_f", "descent", "output_rows", "hold_masks", "target_schedule", "separate_clipping",
-                   "magnitude_prior", "attention_length")
+                   "magnitude_prior", "attention_length", "mask_lr_scale")
 # What every method in a comparison shares: the benchmark's own result settings, less the above,
 # the seed (paired, not grouped on) and the device (the same computation either way).
 SHARED = tuple(k for k in RESULT_SETTINGS if k not in MLPRUNE_OPTIONS + ("prune_seed", "device"))
@@ -59,6 +59,7 @@ def variant(method: str, settings: dict) -> str:
     words += [f"{settings['target_schedule']} target"] if settings["target_schedule"] != "constant" else []
     words += [f"magnitude prior {settings['magnitude_prior']:g}"] if settings["magnitude_prior"] else []
     words += [f"heads charged at {settings['attention_length']} tokens"] if settings["attention_length"] else []
+    words += [f"mask lr x{settings['mask_lr_scale']:g}"] if settings["mask_lr_scale"] != 1 else []
     return f"{method} ({', '.join(words)})"
 
 

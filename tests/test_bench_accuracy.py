@@ -31,7 +31,7 @@ def small_bert(monkeypatch):
 
 def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     """One run of every method, its resume, and a second seed on the reused dense model."""
-    seen = {"first_batches": [], "descent": [], "hold_masks": [], "options": []}
+    seen = {"first_batches": [], "descent": [], "hold_masks": [], "options": [], "mask_lr": []}
     prepare, train = bench_accuracy.mp.prepare, bench_accuracy.train
 
     def spy_prepare(model, config=None, *a, **k):
@@ -43,6 +43,8 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
         seen["first_batches"].append(next(iter(data(0)))["input_ids"].clone())
         seen["descent"].append(k.get("descent"))
         seen["hold_masks"].append(k.get("hold_masks"))
+        if k.get("mask_lr") is not None:
+            seen["mask_lr"].append((k["mask_lr"], bench_accuracy.default_mask_lr(model, a[0], descent=k["descent"])))
         seen["options"].append((k.get("target_schedule"), k.get("separate_clipping")))
         return train(model, data, *a, **k)
 
@@ -53,7 +55,8 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
             "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
             "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
             "--descent", "0.25", "--hold-masks", "--no-output-rows", "--lambda-f", "3e4", "--target-schedule", "cubic",
-            "--separate-clipping", "--magnitude-prior", "0.5", "--attention-length", "32", "--out", str(tmp_path)]
+            "--separate-clipping", "--magnitude-prior", "0.5", "--attention-length", "32", "--mask-lr-scale", "3", "--out",
+            str(tmp_path)]
     bench_accuracy.main(argv)
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["datasets"]["rotten_tomatoes"]
@@ -73,6 +76,8 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     assert "magnitude prior of 0.5" in table
     assert seen["config"].attention_length == 32 and results["settings"]["attention_length"] == 32
     assert "attention at 32 tokens" in table
+    assert len(seen["mask_lr"]) == 1 and seen["mask_lr"][0][0] == pytest.approx(3 * seen["mask_lr"][0][1])
+    assert results["settings"]["mask_lr_scale"] == 3 and "mask learning rate 3x the derived one" in table
     assert 0.25 in seen["descent"] and True in seen["hold_masks"]
     assert results["settings"]["descent"] == 0.25 and results["settings"]["output_rows"] is False
     assert results["settings"]["hold_masks"] is True
@@ -153,3 +158,13 @@ def test_resume_reads_settings_added_later_as_their_defaults(tmp_path):
     assert bench_accuracy.load_results(path, args, same)["settings"] == old_seed  # prune_seed was the seed
     with pytest.raises(SystemExit, match="prune_seed"):
         bench_accuracy.load_results(path, args, {**same, "prune_seed": 2})
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mask-lr-scale", "0"], "must be above 0"),
+    (["--mask-lr-scale", "2", "--methods", "mlprune_2step"], "mlprune method only"),
+])
+def test_bad_mask_lr_scale_is_refused(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        bench_accuracy.parse_args(["--out", "unused", *flags])
+    assert message in capsys.readouterr().err

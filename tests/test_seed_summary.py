@@ -84,3 +84,12 @@ def test_weights_kept_and_speed_up_come_from_the_cells(tmp_path, capsys):
     other.write_text(json.dumps(saved))
     seed_summary.main([str(path), str(other)])
     assert "| 17.0 % | 4.00-4.50x |" in capsys.readouterr().out
+
+
+def test_variant_labels_name_each_option_set():
+    plain = seed_summary.with_defaults({**SETTINGS, "prune_seed": 1})
+    assert seed_summary.variant("mlprune", plain) == "mlprune (lambda_f 200000, descent 0.5)"
+    tuned = {**plain, "attention_length": 128, "mask_lr_scale": 2.0, "magnitude_prior": 1.0}
+    assert seed_summary.variant("mlprune", tuned) == ("mlprune (lambda_f 200000, descent 0.5, magnitude prior 1, "
+                                                      "heads charged at 128 tokens, mask lr x2)")
+    assert seed_summary.variant("torch_pruning", tuned) == "torch_pruning"
