@@ -179,7 +179,7 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
     prepared = mp.prepare(student, config, data.example)
     mask_lr = None
     if args.mask_lr_scale != 1.0:
-        mask_lr = args.mask_lr_scale * default_mask_lr(prepared, args.prune_steps, descent=args.descent or 1.0)
+        mask_lr = args.mask_lr_scale * default_mask_lr(prepared, args.prune_steps, descent=args.descent)
     log = train(prepared, data.train, args.prune_steps, lr=args.lr, teacher=dense if kd is not None else None,
                 distill=kd, progress=args.progress, desc=f"mlprune {target}", descent=args.descent, mask_lr=mask_lr,
                 hold_masks=args.hold_masks, target_schedule=args.target_schedule,
