@@ -172,9 +172,9 @@ def paired(runs: dict[str, list[Run]], all_pairs: bool = False) -> str:
             for split in ("test", "dev"):
                 diffs = [ra[s][split] - rb[s][split] for s in seeds]
                 mean = statistics.mean(diffs)
-                se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+                se = f"{statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}" if len(diffs) > 1 else "-"
                 rows.append([a, b, split, ", ".join(str(s) for s in seeds), " ".join(f"{d:+.2f}" for d in diffs),
-                             f"{mean:+.2f}", f"{se:.2f}"])
+                             f"{mean:+.2f}", se])
     return markdown_table(["A", "B", "split", "seeds", "A - B per seed", "mean", "standard error"], rows)
 
 
