@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import os
 import shlex
@@ -546,6 +547,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/bench_accuracy.py " + shlex.join(argv)
     header = machine_header(args.threads)
+    if "torch_pruning" in args.methods:
+        header += f", torch-pruning {importlib.metadata.version('torch-pruning')}"
     settings = {k: getattr(args, k) for k in RESULT_SETTINGS}
     json_path, md_path = args.out / "results.json", args.out / "results.md"
     results = load_results(json_path, args, settings)

@@ -61,6 +61,7 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["datasets"]["rotten_tomatoes"]
     assert 0 <= entry["dense"]["test_acc"] <= 1
+    assert ("torch-pruning " in results["machine"]) == ("torch_pruning" in methods)
     for method in methods:
         cell = entry["cells"][bench_accuracy.cell_key(method, 0.5)]
         assert "error" not in cell, cell
