@@ -29,7 +29,7 @@ native: $(VENV)/.package
 	$(PY) -m mlprune_fx.runtime.build
 
 demo: $(VENV)/.assets native
-	$(PY) -m mlprune_fx.demo
+	$(PY) -m mlprune_fx.tools.demo
 
 test: $(VENV)/.assets native
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
@@ -38,8 +38,8 @@ test-slow: $(VENV)/.assets native
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: $(VENV)/.assets native
-	$(PY) benchmarks/bench_structured.py
-	$(PY) benchmarks/bench_kernel.py
+	$(PY) -m benchmarks.bench_structured
+	$(PY) -m benchmarks.bench_kernel
 
 clean:
 	rm -rf $(VENV) build runtime/_build *.egg-info

@@ -4,7 +4,7 @@ Run-to-run noise on a small VM exceeds most kernel changes, so the builds are ti
 minutes, in both slot orders, beside the dense model, and with a "before, before" run whose
 spread says how much the slot alone moves (the A/A). Keep a copy of the library before a change:
   cp runtime/_build/libmlprune_ort.so /tmp/before.so   # then change, make native
-  .venv/bin/python benchmarks/ab_ort_library.py /tmp/before.so runtime/_build/libmlprune_ort.so
+  python -m benchmarks.ab_ort_library /tmp/before.so runtime/_build/libmlprune_ort.so
 With --by-kind it reads ONNX Runtime's profiler instead and splits the time by matrix kind (Q, K,
 V, O, FFN1, FFN2): a change meant for one kind shows there, against the others in the same round.
 """
@@ -22,10 +22,8 @@ import onnxruntime as ort
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.benchmarking import machine_header, time_sessions
-
-from bench_end_to_end import BLOCK, KEEP_STEP1, KEEP_STEP2, MAX_BLOCK_DENSITY, bert_base, build
-
+from benchmarks.bench_end_to_end import BLOCK, KEEP_STEP1, KEEP_STEP2, MAX_BLOCK_DENSITY, bert_base, build
+from mlprune_fx.tools.benchmarking import machine_header, time_sessions
 
 KINDS = ("Q", "K", "V", "O", "FFN1", "FFN2")
 

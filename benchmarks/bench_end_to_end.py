@@ -4,7 +4,7 @@ Step 1 keeps about half the heads and half the FFN rows of every layer (kept row
 to the block size); step 2 keeps about 40 % of the 32x32 blocks of all six matrices of every
 layer, which then run on mlprune's block-sparse kernel: about 20 % of the encoder weights in
 all. Masks are random (speed does not depend on which units stay); weights are random
-BERT-base. Run: .venv/bin/python benchmarks/bench_end_to_end.py
+BERT-base. Run: python -m benchmarks.bench_end_to_end
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.benchmarking import machine_header, markdown_table, time_sessions, time_side_by_side
-from mlprune_fx.state import mask_modules
+from mlprune_fx.core.pruning_state import mask_modules
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_sessions, time_side_by_side
 
 KEEP_STEP1, KEEP_STEP2, BLOCK, MAX_BLOCK_DENSITY = 0.5, 0.4, 32, 0.7
 

@@ -1,6 +1,6 @@
 """Block-sparse kernel benchmark: our ORT custom op and torch op vs dense ONNX Runtime, dense torch and torch BSR.
 
-Usage: python benchmarks/bench_kernel.py [--quick] [--threads 2] [--markdown PATH]
+Usage: python -m benchmarks.bench_kernel [--quick] [--threads 2] [--markdown PATH]
 Efficiency = (ONNX Runtime dense ms x density) / our ORT-op ms; the target is >= 0.8 for b = 32 and N >= 128
 (at density 0.2: at least 4x faster than dense ONNX Runtime). For every row, dense ONNX Runtime, our op
 and our op on an empty matrix are timed side by side, their rounds interleaved.
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from mlprune_fx.runtime import build, ops, ort_library
-from mlprune_fx.runtime.onnx_translation import ORT_DOMAIN
+from mlprune_fx.runtime.library import ORT_DOMAIN
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (384, 384), (1536, 384), (384, 1536)]
 ROWS = [128, 1024]

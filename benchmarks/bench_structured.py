@@ -2,7 +2,7 @@
 
 About half of the heads and half of the FFN rows of every layer are pruned (random
 masks: speed does not depend on which ones). Shapes: BERT-base (random weights) and
-the packaged MiniLM-L6. Run: .venv/bin/python benchmarks/bench_structured.py
+the packaged MiniLM-L6. Run: python -m benchmarks.bench_structured
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.benchmarking import machine_header, markdown_table, time_side_by_side
-from mlprune_fx.state import mask_modules
+from mlprune_fx.core.pruning_state import mask_modules
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_side_by_side
 
 
 def _bert_base():
@@ -27,7 +27,7 @@ def _bert_base():
 
 
 def _minilm():
-    from mlprune_fx.models import load_packaged_model
+    from mlprune_fx.tools.models import load_packaged_model
 
     return load_packaged_model(num_labels=2)[0]
 

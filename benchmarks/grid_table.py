@@ -7,19 +7,16 @@ into the table bench_accuracy.py prints, shares from the largest, methods in the
 order. Each cell keeps the speed-up measured side by side in its own run; the dense row's
 timing is the first file's.
 
-    python benchmarks/grid_table.py benchmarks/results/grouped_3200_tweets_10pc_*.json
+    python -m benchmarks.grid_table benchmarks/results/grid_tweets/10pc_seed0_*.json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_accuracy import METHODS, dataset_table  # noqa: E402
-from seed_summary import MLPRUNE_OPTIONS, SHARED, machine_line, read_results, variant  # noqa: E402
+from benchmarks.bench_accuracy import METHODS, dataset_table
+from benchmarks.seed_summary import MLPRUNE_OPTIONS, SHARED, machine_line, read_results, variant
 
 # What every cell of one table must share (the device aside: the same computation either way);
 # the options only mlprune reads must match between files that hold mlprune cells.

@@ -8,7 +8,7 @@ The default layouts are those LEAP and Torch-Pruning kept at 20 % on the tweets
 (BENCHMARKS.md), LEAP's head count spread evenly, and what LEAP kept with its heads charged
 at 128 tokens (17.1 % of the weights), with random masks: speed does not depend on which
 units are kept. From the times it fits what a head's attention costs in weights' worth at
-each length, the figure leap.head_cost models. Run: .venv/bin/python benchmarks/head_cost.py
+each length, the figure leap.head_cost models. Run: python -m benchmarks.head_cost
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.benchmarking import machine_header, markdown_table, time_side_by_side
-from mlprune_fx.leap import ATTENTION_COST
-from mlprune_fx.models import load_packaged_model
-from mlprune_fx.state import mask_modules
+from mlprune_fx.core.leap import ATTENTION_COST
+from mlprune_fx.core.pruning_state import mask_modules
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_side_by_side
+from mlprune_fx.tools.models import load_packaged_model
 
 DEFAULT_LAYOUTS = [
     "heads-like-torch-pruning=2,2,2,2,2,2",

@@ -9,7 +9,7 @@ each pair of groups that share the budget and data, the per-seed difference on t
 the spread the seeds share) with its mean and standard error: by default each mlprune
 variant against each baseline.
 
-    python benchmarks/seed_summary.py benchmarks/results/grouped_3200_seed*_tweets_*.json --target 0.2
+    python -m benchmarks.seed_summary benchmarks/results/grid_tweets/20pc_*.json --target 0.2
 """
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ import argparse
 import json
 import re
 import statistics
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_accuracy import RESULT_SETTINGS, with_defaults  # noqa: E402
-
-from mlprune_fx.benchmarking import markdown_table  # noqa: E402
+from benchmarks.bench_accuracy import RESULT_SETTINGS, with_defaults
+from mlprune_fx.tools.benchmarking import markdown_table
 
 # Options that only the mlprune methods read: they tell variants apart.
 MLPRUNE_OPTIONS = ("lambda_f", "descent", "output_rows", "hold_masks", "target_schedule", "separate_clipping",

@@ -6,7 +6,7 @@ field at its default) and trained with `training.train(prepared, batches, steps)
 (every option at its default). Prints a table and writes a PNG of the hard and soft
 remaining ratio and of lambda over the steps.
 
-    python benchmarks/target_hitting.py --steps 800 --batch-size 16 --max-length 64 --out docs/target_hitting.png
+    python -m benchmarks.target_hitting --steps 800 --batch-size 16 --max-length 64 --out docs/target_hitting.png
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.benchmarking import machine_header, markdown_table
-from mlprune_fx.data import batches, load_dataset, tokenize
-from mlprune_fx.models import load_packaged_model
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table
+from mlprune_fx.tools.data import batches, load_dataset, tokenize
+from mlprune_fx.tools.models import load_packaged_model
 from mlprune_fx.training import accuracy, train
 
 
@@ -64,8 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=6000, help="snippets used (train/dev/test 80/10/10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--threshold-beta1", type=float, default=None,
-                        help="ablation: Adam beta1 of the thresholds (train's default is 0, no momentum)")
     parser.add_argument("--kd", action="store_true", help="distil from the fine-tuned dense model (logits + hidden states)")
     parser.add_argument("--out", help="write the plot to this PNG")
     parser.add_argument("--no-progress", action="store_true")
@@ -86,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     dense_acc = accuracy(model, dev)
     print(f"dense model: {args.finetune_steps} fine-tuning steps in {time.time() - started:.0f} s, dev accuracy {dense_acc:.2%}", flush=True)
     if args.kd:
-        from mlprune_fx.distill import enable_distillation_outputs
+        from mlprune_fx.training.distill import enable_distillation_outputs
 
         enable_distillation_outputs(model)
 
@@ -96,8 +94,6 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         prepared = mp.prepare(copy.deepcopy(model), mp.PruningConfig(target=target), example)
         kwargs = {"teacher": model} if args.kd else {}
-        if args.threshold_beta1 is not None:
-            kwargs["threshold_betas"] = (args.threshold_beta1, 0.999)
         log = train(prepared, data, args.steps, desc=f"target {target}", progress=progress, **kwargs)
         seconds = time.time() - t0
         report = mp.sparsity_report(prepared)
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         heads = ", ".join(f"{k}" for k, _ in r["heads"].values())
         print(f"target {r['target']:.2f}: mask lr {log.mask_lr:.4f}, hold from step {log.hold_from}, "
               f"hard ratio before the hold {log.before_hold:.4f}, hold adjustment {log.adjust:+.3f}; heads kept per layer {heads}")
-    print(f"command: python benchmarks/target_hitting.py {' '.join(argv)}")
+    print(f"command: python -m benchmarks.target_hitting {' '.join(argv)}")
     print(machine_header(args.threads))
     if args.out:
         plot(results, args.out)

@@ -1,26 +1,35 @@
 """mlprune_fx: learned multilevel structured pruning for Transformer encoders.
 
 prepare -> train with `regularization` -> convert -> export_onnx -> runtime.InferenceSession
+
+The package by layer: `core` (config, errors, masks, pruning-state records, the LEAP
+regulariser, the report), `passes` (graph analysis and rewrites), `runtime` (native
+kernels, ONNX Runtime), the flow's entry points in this folder (prepare, convert,
+export_onnx, save / load), `training` (the loop, the hold, distillation, Trainer) and
+`tools` (CLI, demo, data, packaged model, plots, benchmarking helpers). docs/design.md
+draws it.
 """
 
 from . import runtime
-from .config import PruningConfig
 from .convert import convert
-from .describe import describe
-from .errors import (
+from .core.config import PruningConfig
+from .core.errors import (
     CaptureError,
     CheckpointError,
     ConfigError,
     ExampleInputsError,
     MLPruneError,
+    NativeLibraryMissing,
     NotPreparedError,
+    OrtLibraryMissing,
     UnsupportedModelError,
 )
+from .core.leap import Penalty, penalty, regularization
+from .core.learnable_mask import LearnableMask
+from .core.report import SparsityReport, sparsity_report
+from .describe import describe
 from .export import export_onnx
-from .leap import Penalty, penalty, regularization
-from .masks import LearnableMask
 from .prepare import prepare
-from .report import SparsityReport, sparsity_report
 from .serialization import load, save
 
 __version__ = "0.1.0"
@@ -32,7 +41,9 @@ __all__ = [
     "ExampleInputsError",
     "LearnableMask",
     "MLPruneError",
+    "NativeLibraryMissing",
     "NotPreparedError",
+    "OrtLibraryMissing",
     "Penalty",
     "PruningConfig",
     "SparsityReport",

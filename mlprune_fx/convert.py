@@ -7,6 +7,8 @@ import warnings
 
 from torch import fx
 
+from .core.errors import NativeLibraryMissing
+from .core.pruning_state import pruning_state
 from .passes.cleanup import cleanup
 from .passes.compact_heads import compact_heads
 from .passes.compact_rows import compact_rows
@@ -16,12 +18,9 @@ from .passes.freeze_masks import freeze_masks
 from .passes.fuse_epilogues import fuse_epilogues
 from .passes.graph_utils import copy_graph_module
 from .passes.lower_blocks import DEFAULT_MAX_DENSITY, lower_blocks
-from .state import pruning_state
 
 
 def _lowering(gm: fx.GraphModule, wanted: bool | None, max_density: float) -> fx.GraphModule:
-    from .runtime.ops import NativeLibraryMissing
-
     try:
         return fuse_epilogues(lower_blocks(gm, max_density))
     except NativeLibraryMissing as exc:

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .core.structures import EncoderStructure
 from .passes.analyze import find_structures
 from .passes.capture import capture
-from .passes.structures import EncoderStructure
 
 
 def describe(

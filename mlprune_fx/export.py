@@ -14,12 +14,11 @@ import torch
 from torch import fx
 from torch.fx.graph import _PyTreeCodeGen
 
-from .errors import ExampleInputsError
+from .core.errors import ExampleInputsError
+from .core.pruning_state import pruning_state
 from .passes.capture import dynamic_shapes
 from .passes.graph_utils import copy_graph_module, no_pytree_spec_warning
-from .state import pruning_state
-
-_MLPRUNE_NAMESPACE = "mlprune"
+from .runtime.library import is_block_sparse_linear, is_native_op
 
 
 def input_names(gm: fx.GraphModule) -> list[str]:
@@ -48,10 +47,7 @@ def output_names(gm: fx.GraphModule) -> list[str] | None:
 
 
 def uses_native_ops(gm: fx.GraphModule) -> bool:
-    return any(
-        n.op == "call_function" and getattr(n.target, "namespace", None) == _MLPRUNE_NAMESPACE
-        for n in gm.graph.nodes
-    )
+    return any(is_native_op(n) for n in gm.graph.nodes)
 
 
 def _check_inputs(gm: fx.GraphModule, example_inputs) -> dict[str, torch.Tensor]:
@@ -125,8 +121,7 @@ def export_onnx(
     if uses_native_ops(converted):
         from .runtime.onnx_translation import translation_table
 
-        block_sparse = any(n.op == "call_function" and str(n.target) == "mlprune.block_sparse_linear.default"
-                           for n in converted.graph.nodes)
+        block_sparse = any(is_block_sparse_linear(n) for n in converted.graph.nodes)
         kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops, block_sparse=block_sparse)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import fx, nn
 
-from .config import PruningConfig
-from .errors import ConfigError, UnsupportedModelError
+from .core.config import PruningConfig
+from .core.errors import ConfigError, UnsupportedModelError
 from .passes.analyze import find_structures
 from .passes.capture import capture
 from .passes.init_scores import init_scores

@@ -22,9 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import fx
 
-from .config import PruningConfig
-from .errors import CheckpointError
-from .passes.structures import (
+from .core.config import PruningConfig
+from .core.errors import CheckpointError
+from .core.pruning_state import META_KEY, SOURCE_KEY, LinearMasks, MaskRef, PruningState, pruning_state
+from .core.structures import (
     AttentionBlock,
     EncoderStructure,
     FeedForwardBlock,
@@ -32,7 +33,6 @@ from .passes.structures import (
     ShapeArg,
     SkippedLinear,
 )
-from .state import META_KEY, LinearMasks, MaskRef, PruningState, pruning_state
 
 FORMAT = "mlprune_fx.checkpoint"
 FORMAT_VERSION = 1
@@ -92,7 +92,7 @@ def _state_from_json(d: dict[str, Any], frozen: dict[str, torch.Tensor]) -> Prun
 def _input_spec(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
     from .export import input_names
 
-    source = gm.meta.get("mlprune_fx.source", {}).get("inputs", {})
+    source = gm.meta.get(SOURCE_KEY, {}).get("inputs", {})
     return {name: source.get(name, {"dtype": "int64", "dim": 2}) for name in input_names(gm)}
 
 
@@ -191,7 +191,7 @@ def save(model: fx.GraphModule, directory: str | os.PathLike) -> Path:
         "versions": _versions(),
         "stage": state.stage,
         "state": _state_to_json(state),
-        "source": model.meta.get("mlprune_fx.source", {}),
+        "source": model.meta.get(SOURCE_KEY, {}),
         "inputs": _input_spec(model),
         "pytree_modules": _pytree_modules(model),
     }
@@ -213,7 +213,7 @@ def save(model: fx.GraphModule, directory: str | os.PathLike) -> Path:
 
     def write(folder: Path) -> None:
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        save_file(_dedupe(tensors), str(folder / "model.safetensors"))
+        save_file(unshared(tensors), str(folder / "model.safetensors"))
         if frozen:
             save_file(frozen, str(folder / "masks.safetensors"))
         if graph is not None:
@@ -223,7 +223,7 @@ def save(model: fx.GraphModule, directory: str | os.PathLike) -> Path:
     return directory
 
 
-def _dedupe(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses shared storage (tied embeddings): give each entry its own copy."""
     seen: set[int] = set()
     out = {}
@@ -345,5 +345,5 @@ def _load_converted(directory: Path, manifest, state: PruningState, tensors) -> 
         gm.__dict__.pop(name, None)
     gm.eval()
     gm.meta[META_KEY] = state
-    gm.meta["mlprune_fx.source"] = manifest["source"]
+    gm.meta[SOURCE_KEY] = manifest["source"]
     return gm

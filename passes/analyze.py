@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .dropout import is_dropout
-from .structures import (
+from ..core.structures import (
     AttentionBlock,
     EncoderStructure,
     FeedForwardBlock,
@@ -14,6 +13,7 @@ from .structures import (
     ShapeArg,
     SkippedLinear,
 )
+from .dropout import is_dropout
 
 aten = torch.ops.aten
 

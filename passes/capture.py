@@ -9,7 +9,8 @@ import torch
 from torch import fx, nn
 from torch.export import Dim
 
-from ..errors import CaptureError, ExampleInputsError
+from ..core.errors import CaptureError, ExampleInputsError
+from ..core.pruning_state import META_KEY, SOURCE_KEY
 from .dropout import make_dropout_switchable
 from .graph_utils import copy_graph_module
 
@@ -91,7 +92,7 @@ def dynamic_shapes(inputs: dict[str, torch.Tensor]) -> dict[str, dict[int, objec
 
 def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
     """torch.export in train mode; returns a GraphModule that trains like `model`."""
-    state = model.meta.get("mlprune_fx") if isinstance(model, fx.GraphModule) else None
+    state = model.meta.get(META_KEY) if isinstance(model, fx.GraphModule) else None
     if state is not None and state.stage != "converted":
         raise CaptureError(
             "this model was already prepared by mlprune_fx; train it as it is, or convert it first "
@@ -118,7 +119,7 @@ def capture(model: nn.Module, example_inputs=None) -> fx.GraphModule:
     gm = make_dropout_switchable(gm)
     gm.train(was_training)
     config = getattr(model, "config", None)
-    gm.meta["mlprune_fx.source"] = {
+    gm.meta[SOURCE_KEY] = {
         "model_class": type(model).__name__,
         "inputs": {k: {"dtype": str(v.dtype).removeprefix("torch."), "dim": v.dim()} for k, v in inputs.items()},
         "config": config.to_dict() if hasattr(config, "to_dict") else None,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..masking import broadcast_bias
-from ..state import pruning_state
+from ..core.mask_functions import broadcast_bias
+from ..core.pruning_state import pruning_state
+from ..core.structures import AttentionBlock
 from .graph_utils import finish, get_tensor, kept_indices, nodes_by_name, remove_dead_nodes, set_tensor
-from .structures import AttentionBlock
 
 
 def _zero_bias(gm: fx.GraphModule, block: AttentionBlock, name: str) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..masking import broadcast_bias
-from ..state import LinearMasks, PruningState, pruning_state
+from ..core.mask_functions import broadcast_bias
+from ..core.pruning_state import LinearMasks, PruningState, pruning_state
+from ..core.structures import LinearSite
 from .graph_utils import add_index_buffer, finish, get_tensor, kept_indices, nodes_by_name, remove_dead_nodes, set_tensor
-from .structures import LinearSite
 
 _aten = torch.ops.aten
 

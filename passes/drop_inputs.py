@@ -12,6 +12,7 @@ from torch import fx
 from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils._pytree import TreeSpec
 
+from ..core.errors import ConfigError
 from .graph_utils import finish, remove_dead_nodes
 
 
@@ -74,7 +75,7 @@ def drop_inputs(gm: fx.GraphModule, names: tuple[str, ...] = ("labels",)) -> fx.
     def depends(key, part) -> bool:
         hit = [isinstance(x, fx.Node) and x in tainted for x in part]
         if any(hit) and not (all(hit) and keyed):
-            raise ValueError(
+            raise ConfigError(
                 f"output field {key} depends on {names}; keep the training inputs with convert(..., inference=False)"
             )
         return all(hit) and bool(hit)

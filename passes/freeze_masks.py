@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..masking import expand_units, masked_bias, masked_weight
-from ..state import MASK_CONTAINER, mask_modules, pruning_state
-from ..report import _effective
+from ..core.kept_weights import effective_mask
+from ..core.mask_functions import expand_units, masked_bias, masked_weight
+from ..core.pruning_state import MASK_CONTAINER, mask_modules, pruning_state
 from .graph_utils import finish, get_tensor, nodes_by_name, remove_dead_nodes, set_tensor
 
 
@@ -44,7 +44,7 @@ def freeze_masks(gm: fx.GraphModule, row_multiple: int = 1) -> fx.GraphModule:
                 if module.granularity == "row":
                     kept[key] = _round_up_rows(masks[key], module.scores, row_multiple)
         for lm in state.linears:
-            eff = _effective(lm, masks, state.config.block_size)
+            eff = effective_mask(lm, masks, state.config.block_size)
             w = get_tensor(gm, lm.site.weight)
             set_tensor(gm, lm.site.weight, masked_weight(w, elements=eff.to(w.device)))
             if lm.site.bias is not None and lm.rows is not None:

@@ -9,17 +9,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from ..core.pruning_state import META_KEY
+from ..runtime.library import is_block_sparse_linear
 from .graph_utils import finish
-
-_OP = None
-
-
-def _op():
-    global _OP
-    if _OP is None:
-        _OP = torch.ops.mlprune.block_sparse_linear.default
-    return _OP
-
 
 _POSITIONAL = ("x", "values", "row_ptr", "col_idx", "bias", "out_features")
 
@@ -65,7 +57,7 @@ def _replace(gm: fx.GraphModule, old: fx.Node, absorbed: fx.Node, kwargs: dict, 
     """A new op node at `absorbed`'s place (its inputs all exist there) that stands for `absorbed`."""
     with gm.graph.inserting_before(absorbed):
         new = gm.graph.call_function(
-            _op(), tuple(kwargs[n] for n in _POSITIONAL), {"activation": kwargs["activation"], "residual": kwargs["residual"]}
+            old.target, tuple(kwargs[n] for n in _POSITIONAL), {"activation": kwargs["activation"], "residual": kwargs["residual"]}
         )
     new.meta = dict(absorbed.meta)
     absorbed.replace_all_uses_with(new)
@@ -79,9 +71,9 @@ def _replace(gm: fx.GraphModule, old: fx.Node, absorbed: fx.Node, kwargs: dict, 
 
 def fuse_epilogues(gm: fx.GraphModule) -> fx.GraphModule:
     """block_sparse_linear -> gelu -> add(residual) becomes one block_sparse_linear call."""
-    state = gm.meta.get("mlprune_fx")
+    state = gm.meta.get(META_KEY)
     renamed = state.renamed if state is not None else {}
-    for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target is _op()]:
+    for node in [n for n in gm.graph.nodes if is_block_sparse_linear(n)]:
         kwargs = _kwargs(node)
         if kwargs["residual"] is not None:
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..state import LinearMasks, mask_modules, pruning_state
+from ..core.pruning_state import LinearMasks, mask_modules, pruning_state
 from .graph_utils import get_tensor
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from ..config import PruningConfig
-from ..errors import ConfigError
-from ..masking import expand_blocks, expand_units, masked_bias, masked_weight
-from ..masks import LearnableMask
-from ..state import MASK_CONTAINER, META_KEY, LinearMasks, MaskRef, PruningState
-from .structures import EncoderStructure, LinearSite
+from ..core.config import PruningConfig
+from ..core.errors import ConfigError
+from ..core.learnable_mask import LearnableMask
+from ..core.mask_functions import expand_blocks, expand_units, masked_bias, masked_weight
+from ..core.pruning_state import MASK_CONTAINER, META_KEY, LinearMasks, MaskRef, PruningState
+from ..core.structures import EncoderStructure, LinearSite
 
 
 def _slug(name: str) -> str:

@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import fx
 
-from ..state import pruning_state
+from ..core.pruning_state import pruning_state
 from .graph_utils import finish, get_tensor, nodes_by_name
 
 DEFAULT_MAX_DENSITY = 0.7  # measured break-even vs ONNX Runtime dense GEMM: BENCHMARKS.md

@@ -26,11 +26,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import BuildError
+from .library import BUILD_COMMAND, BUILD_DIR, ORT_LIBRARY, TORCH_LIBRARY
+
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-BUILD_DIR = HERE / "_build"
-TORCH_LIB = BUILD_DIR / "libmlprune_torch.so"
-ORT_LIB = BUILD_DIR / "libmlprune_ort.so"
+TORCH_LIB = BUILD_DIR / TORCH_LIBRARY
+ORT_LIB = BUILD_DIR / ORT_LIBRARY
 SANITIZE_DIR = BUILD_DIR / "sanitize"
 
 NPM_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"
@@ -48,10 +50,6 @@ MANUAL_HINT = (
     "newer, ORT API >= 29) and pass its include/ folder with --ort-include DIR or the environment "
     "variable MLPRUNE_ORT_INCLUDE."
 )
-
-
-class BuildError(RuntimeError):
-    """The native libraries could not be built; the message says what is missing and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +241,7 @@ def _compile_and_link(out: Path, ort_include: str | None, quiet: bool, sanitize:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlprune_fx.runtime.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=BUILD_COMMAND, description=__doc__.splitlines()[0])
     parser.add_argument("--ort-include", help="directory with onnxruntime_c_api.h / onnxruntime_cxx_api.h (ORT API >= 29)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the libraries are up to date")
     parser.add_argument(

@@ -18,8 +18,9 @@ import onnxscript
 from onnx.defs import OpSchema
 from onnxscript import opset18 as op
 
-ORT_DOMAIN = "ai.mlprune"
-OP_TYPE = "BlockSparseLinear"
+from .library import BLOCK_SPARSE_OP_TYPE as OP_TYPE
+from .library import ORT_DOMAIN
+
 OPSET_VERSION = 1
 
 
@@ -142,11 +143,11 @@ def translation_table(standard_ops: bool = False, block_sparse: bool = True) -> 
     """custom_translation_table for torch.onnx.export(dynamo=True) covering the mlprune ops."""
     import torch
 
-    import mlprune_fx.runtime.attention  # noqa: F401  (defines torch.ops.mlprune.attention)
+    from . import attention  # noqa: F401  (defines torch.ops.mlprune.attention)
 
     table: dict[object, Callable] = {torch.ops.mlprune.attention.default: attention_contrib}
     if block_sparse:
-        from mlprune_fx.runtime.ops import load_library
+        from .ops import load_library
 
         load_library()
         if not standard_ops:

@@ -7,24 +7,18 @@ because the native microkernel streams a block row over output features (see run
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-SUPPORTED_BLOCK_SIZES = (16, 32)
-BUILD_COMMAND = "python -m mlprune_fx.runtime.build"
-# MLPRUNE_NATIVE_DIR picks another build of the libraries, e.g. the sanitized one (runtime/_build/sanitize).
-_LIB_PATH = Path(os.environ.get("MLPRUNE_NATIVE_DIR") or Path(__file__).resolve().parent / "_build") / "libmlprune_torch.so"
+from ..core.config import BLOCK_SIZES as SUPPORTED_BLOCK_SIZES
+from ..core.errors import ConfigError, NativeLibraryMissing
+from .library import BUILD_COMMAND, torch_library_path
+
 _lock = threading.Lock()
 _loaded = False
-
-
-class NativeLibraryMissing(RuntimeError):
-    """The compiled kernel library is not there; build it first."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +41,11 @@ class PackedBlocks:
 
 
 def check_block_shape(out_features: int, in_features: int, block_size: int) -> None:
-    """Raise ValueError unless a [out, in] weight splits into whole b x b blocks with a supported b."""
+    """Raise ConfigError unless a [out, in] weight splits into whole b x b blocks with a supported b."""
     if block_size not in SUPPORTED_BLOCK_SIZES:
-        raise ValueError(f"block size {block_size} is not supported; use one of {SUPPORTED_BLOCK_SIZES}")
+        raise ConfigError(f"block size {block_size} is not supported; use one of {SUPPORTED_BLOCK_SIZES}")
     if out_features <= 0 or in_features <= 0 or out_features % block_size or in_features % block_size:
-        raise ValueError(
+        raise ConfigError(
             f"weight shape [{out_features}, {in_features}] is not a whole number of {block_size}x{block_size} "
             f"blocks: out and in features must be positive multiples of {block_size} (pad or pick another block size)"
         )
@@ -60,13 +54,13 @@ def check_block_shape(out_features: int, in_features: int, block_size: int) -> N
 def pack_blocks(weight: Tensor, block_mask: Tensor, block_size: int) -> PackedBlocks:
     """Pack the blocks of `weight` [out, in] where `block_mask` [out/b, in/b] is nonzero into BSR storage."""
     if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        raise ConfigError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
     out_f, in_f = weight.shape
     check_block_shape(out_f, in_f, block_size)
     b = block_size
     rb, cb = out_f // b, in_f // b
     if tuple(block_mask.shape) != (rb, cb):
-        raise ValueError(f"block_mask must have shape [{rb}, {cb}] for weight [{out_f}, {in_f}] and b={b}, got {tuple(block_mask.shape)}")
+        raise ConfigError(f"block_mask must have shape [{rb}, {cb}] for weight [{out_f}, {in_f}] and b={b}, got {tuple(block_mask.shape)}")
     weight = weight.detach().to(torch.float32)
     rows, cols = torch.nonzero(block_mask.detach().to(weight.device) != 0, as_tuple=True)  # row-major order
     blocks = weight.reshape(rb, b, cb, b).permute(0, 2, 3, 1)  # [r, c, i(in), j(out)]
@@ -101,7 +95,7 @@ def block_sparse_linear_reference(
     """Pure-torch definition of the op: y[..., r-block] += x[..., c-block] @ values[k] for every stored block k,
     then y = activation(y + bias) + residual (GELU in its exact erf form)."""
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
+        raise ConfigError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
     b = values.shape[-1]
     in_f = x.shape[-1]
     check_block_shape(out_features, in_f, b)
@@ -124,11 +118,12 @@ def load_library() -> None:
     with _lock:
         if _loaded:
             return
-        if not _LIB_PATH.is_file():
+        path = torch_library_path()
+        if not path.is_file():
             raise NativeLibraryMissing(
-                f"native block-sparse kernel not built ({_LIB_PATH} is missing). Build it with: {BUILD_COMMAND}"
+                f"native block-sparse kernel not built ({path} is missing). Build it with: {BUILD_COMMAND}"
             )
-        torch.ops.load_library(str(_LIB_PATH))
+        torch.ops.load_library(str(path))
         _register_fake()
         _loaded = True
 
@@ -164,7 +159,7 @@ class BlockSparseLinear(nn.Module):
         self.register_buffer("row_ptr", packed.row_ptr.detach().to(torch.int64).contiguous())
         self.register_buffer("col_idx", packed.col_idx.detach().to(torch.int64).contiguous())
         if bias is not None and tuple(bias.shape) != (packed.out_features,):
-            raise ValueError(f"bias must have shape [{packed.out_features}], got {tuple(bias.shape)}")
+            raise ConfigError(f"bias must have shape [{packed.out_features}], got {tuple(bias.shape)}")
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).contiguous())
         load_library()
 

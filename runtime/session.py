@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-ORT_DOMAIN = "ai.mlprune"
+from ..core.errors import MissingFileError, OrtLibraryMissing
+from .library import ORT_DOMAIN
 
 
 def model_domains(path: str | os.PathLike) -> set[str]:
@@ -25,7 +26,7 @@ class InferenceSession(ort.InferenceSession):
     sessions (or torch) share few cores, as in side-by-side benchmarks.
     fuse_skip_layernorm: let ONNX Runtime fuse residual Add + LayerNormalization into
     SkipLayerNormalization. Off by default: on CPU (ORT 1.31) that fused kernel measured
-    ~0.2 ms per call at 128 x 768 against ~0.04 ms for the two ops it replaces (BENCHMARKS.md).
+    ~0.2 ms per call at 128 x 768 against ~0.04 ms for the two ops it replaces (docs/experiments.md).
     Calling the session with keyword arrays returns a dict of named outputs.
     """
 
@@ -40,14 +41,14 @@ class InferenceSession(ort.InferenceSession):
         **kwargs,
     ) -> None:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no ONNX model at {path}: write one with mlprune_fx.export_onnx")
+            raise MissingFileError(f"no ONNX model at {path}: write one with mlprune_fx.export_onnx")
         options = sess_options or ort.SessionOptions()
         if num_threads is not None:
             options.intra_op_num_threads = int(num_threads)
         if spinning is not None:
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if ORT_DOMAIN in model_domains(path):
-            from .ort_library import OrtLibraryMissing, register_library
+            from .ort_library import register_library
 
             try:
                 register_library(options)

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from transformers import (  # noqa: E402
+from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
@@ -75,7 +75,7 @@ def example_inputs(batch=3, seq=13, seed=1, pad=True):
 
 def randomize_masks(prepared, seed=0, keep=(0.2, 0.9), all_pruned=()):
     """Random scores and thresholds; masks whose key contains any of `all_pruned` keep nothing."""
-    from mlprune_fx.state import mask_modules
+    from mlprune_fx.core.pruning_state import mask_modules
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def packed_initializers(packed) -> list:
 
 @pytest.fixture(scope="session")
 def minilm():
-    from mlprune_fx.models import load_packaged_model
+    from mlprune_fx.tools.models import load_packaged_model
 
     return load_packaged_model(num_labels=2)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import mlprune_fx as mp
-from mlprune_fx.data import batches, load_dataset, tokenize
-from mlprune_fx.state import mask_modules
+from mlprune_fx.core.pruning_state import mask_modules
+from mlprune_fx.tools.data import batches, load_dataset, tokenize
 from mlprune_fx.training import train
 
 from conftest import randomize_masks

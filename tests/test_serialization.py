@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import mlprune_fx as mp
-from mlprune_fx.state import mask_modules
+from mlprune_fx.core.pruning_state import mask_modules
 
 from conftest import example_inputs, logits_of, randomize_masks, tiny_model
 from tiny_encoder import TinyEncoder

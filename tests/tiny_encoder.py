@@ -1,6 +1,5 @@
 """A hand-written BERT-like encoder: no Hugging Face class, so nothing can rebuild it but its graph."""
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

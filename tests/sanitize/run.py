@@ -25,7 +25,7 @@ from mlprune_fx.runtime import build
 REPO = Path(__file__).resolve().parents[2]
 DRIVER_SRC = Path(__file__).resolve().parent / "kernel_driver.cpp"
 KERNEL_SRC = build.CSRC / "block_sparse_linear.cpp"
-TEST_FILES = ["tests/test_block_sparse_kernel.py", "tests/test_ort_block_sparse.py", "tests/test_native_reliability.py"]
+TEST_FILES = ["tests/runtime/test_block_sparse_kernel.py", "tests/runtime/test_ort_block_sparse.py", "tests/runtime/test_native_reliability.py"]
 UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1"
 
 
