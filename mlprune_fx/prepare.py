@@ -14,7 +14,7 @@ from .passes.capture import capture
 from .passes.init_scores import init_scores
 from .passes.insert_masks import insert_masks
 
-SUPPORTED = "BERT, RoBERTa, DistilBERT, ELECTRA and other BERT-family encoders"
+SUPPORTED = "BERT, RoBERTa, DistilBERT, ELECTRA, MPNet, DeBERTa-v2/v3, ModernBERT, ALBERT and other BERT-family encoders"
 
 
 def prepare(
@@ -35,10 +35,12 @@ def prepare(
     structure = find_structures(gm, config.skip)
     if not structure:
         seen = ", ".join(s.weight for s in structure.skipped[:6]) or "no linear layer at all"
+        reasons = [r for r in dict.fromkeys(s.reason for s in structure.skipped) if not r.startswith("not part of")]
+        why = f" Left alone because: {'; '.join(reasons[:3])}." if reasons else ""
         raise UnsupportedModelError(
             f"found nothing to prune in {type(model).__name__}: no attention block (Q/K/V linears "
             f"meeting in attention, then an output linear) and no FFN block (linear -> activation "
-            f"-> linear). Linears seen: {seen}. mlprune_fx prunes {SUPPORTED}; "
+            f"-> linear). Linears seen: {seen}.{why} mlprune_fx prunes {SUPPORTED}; "
             "run mlprune_fx.describe(model) to see what the graph holds."
         )
     return init_scores(insert_masks(gm, structure, config), config.magnitude_prior)

@@ -29,6 +29,7 @@ from .core.structures import (
     AttentionBlock,
     EncoderStructure,
     FeedForwardBlock,
+    HeadTerm,
     LinearSite,
     ShapeArg,
     SkippedLinear,
@@ -75,13 +76,23 @@ def _state_from_json(d: dict[str, Any], frozen: dict[str, torch.Tensor]) -> Prun
         AttentionBlock(
             a["name"], *(_site(a[k]) for k in "qkvo"), a["num_heads"], a["head_dim"], a["core"],
             tuple(ShapeArg(**x) for x in a["shape_args"]), a["o_residual"],
+            tuple(_site(x) for x in a.get("score_linears", ())), tuple(HeadTerm(**x) for x in a.get("head_terms", ())),
+            tuple(a.get("score_terms", ())),
         )
         for a in s["attention"]
     ]
-    ffn = [FeedForwardBlock(f["name"], _site(f["fc1"]), _site(f["fc2"]), f["activation"], f["fc2_residual"]) for f in s["ffn"]]
+    ffn = [
+        FeedForwardBlock(
+            f["name"], _site(f["fc1"]), _site(f["fc2"]), f["activation"], f["fc2_residual"], _site(f.get("paired")),
+            f.get("fc1_chunks", 1),
+        )
+        for f in s["ffn"]
+    ]
     structure = EncoderStructure(attention, ffn, [SkippedLinear(**x) for x in s["skipped"]])
     linears = [
-        LinearMasks(_site(lm["site"]), *(_ref(lm[k]) for k in ("rows", "cols", "blocks", "elements")))
+        LinearMasks(
+            _site(lm["site"]), *(_ref(lm[k]) for k in ("rows", "cols", "blocks", "elements")), tuple(lm.get("uses", ()))
+        )
         for lm in d["linears"]
     ]
     return PruningState(

@@ -1,11 +1,11 @@
-"""compact_rows: remove pruned FFN rows, and pruned output rows of O and FC2."""
+"""compact_rows: remove pruned FFN rows (pairs of rows in a gated FFN), and pruned output rows of O and FC2."""
 
 from __future__ import annotations
 
 import torch
 from torch import fx
 
-from ..core.mask_functions import broadcast_bias
+from ..core.mask_functions import broadcast_bias, expand_units
 from ..core.pruning_state import LinearMasks, PruningState, pruning_state
 from ..core.structures import LinearSite
 from .graph_utils import add_index_buffer, finish, get_tensor, kept_indices, nodes_by_name, remove_dead_nodes, set_tensor
@@ -32,16 +32,24 @@ def _bias_target(node: fx.Node, site: LinearSite) -> str | None:
 
 
 def _compact_ffn_rows(gm, state: PruningState, nodes) -> None:
+    done: set[str] = set()
     for block in state.structure.ffn:
         lm = state.masks_of(block.fc1.weight)
         if lm is None or lm.rows is None:
             continue
-        rows = kept_indices(state.frozen[lm.rows.key])
-        if len(rows) == block.fc1.out_features:
+        mask = state.frozen[lm.rows.key]
+        rows = kept_indices(mask)
+        if len(rows) == block.rows:
             continue
-        _slice(gm, block.fc1.weight, rows, 0)
-        _slice(gm, block.fc1.bias, rows, 0)
-        _slice(gm, block.fc2.weight, rows, 1)
+        if block.fc1.weight not in done:
+            pairs = kept_indices(expand_units(mask, 1, block.fc1_chunks))
+            _slice(gm, block.fc1.weight, pairs, 0)
+            _slice(gm, block.fc1.bias, pairs, 0)
+            if block.paired is not None:
+                _slice(gm, block.paired.weight, rows, 0)
+                _slice(gm, block.paired.bias, rows, 0)
+            _slice(gm, block.fc2.weight, rows, 1)
+            done.add(block.fc1.weight)
         if len(rows) == 0:
             fc2 = _site_node(state, nodes, block.fc2)
             x = nodes[block.fc1.node].args[0]
@@ -58,17 +66,21 @@ def _compact_ffn_rows(gm, state: PruningState, nodes) -> None:
             state.renamed[block.fc2.node] = new.name
 
 
-def _compact_output_rows(gm, state: PruningState, nodes, lm: LinearMasks, residual: str | None) -> None:
-    """out = residual + f(W x + b) becomes residual.index_add(-1, kept, f(W[kept] x + b[kept]))."""
+def _compact_output_rows(gm, state: PruningState, nodes, lm: LinearMasks, site: LinearSite, residual: str | None, done: set[str]) -> None:
+    """out = residual + f(W x + b) becomes residual.index_add(-1, kept, f(W[kept] x + b[kept])).
+
+    `site` is one use of the weight; a shared weight is sliced at its first use only.
+    """
     if lm.rows is None or residual is None or lm.rows.unit != 1:
         return
     rows = kept_indices(state.frozen[lm.rows.key])
-    site = lm.site
     if len(rows) == site.out_features:
         return
     node = _site_node(state, nodes, site)
-    _slice(gm, site.weight, rows, 0)
-    _slice(gm, _bias_target(node, site), rows, 0)
+    if site.weight not in done:
+        _slice(gm, site.weight, rows, 0)
+        _slice(gm, _bias_target(node, site), rows, 0)
+        done.add(site.weight)
     add = nodes[residual]
     path_out, skip = add.args
     if not _reaches(path_out, node):
@@ -97,13 +109,14 @@ def compact_rows(gm: fx.GraphModule) -> fx.GraphModule:
     nodes = nodes_by_name(gm)
     _compact_ffn_rows(gm, state, nodes)
     nodes = nodes_by_name(gm)
+    done: set[str] = set()
     for block in state.structure.attention:
         lm = state.masks_of(block.o.weight)
         if lm is not None:
-            _compact_output_rows(gm, state, nodes, lm, block.o_residual)
+            _compact_output_rows(gm, state, nodes, lm, block.o, block.o_residual, done)
     for block in state.structure.ffn:
         lm = state.masks_of(block.fc2.weight)
         if lm is not None:
-            _compact_output_rows(gm, state, nodes, lm, block.fc2_residual)
+            _compact_output_rows(gm, state, nodes, lm, block.fc2, block.fc2_residual, done)
     remove_dead_nodes(gm)
     return finish(gm)

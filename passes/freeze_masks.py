@@ -49,19 +49,20 @@ def freeze_masks(gm: fx.GraphModule, row_multiple: int = 1) -> fx.GraphModule:
             set_tensor(gm, lm.site.weight, masked_weight(w, elements=eff.to(w.device)))
             if lm.site.bias is not None and lm.rows is not None:
                 b = get_tensor(gm, lm.site.bias)
-                rows = expand_units(masks[lm.rows.key], lm.rows.unit).to(b.device)
+                rows = expand_units(masks[lm.rows.key], lm.rows.unit, lm.rows.repeat).to(b.device)
                 set_tensor(gm, lm.site.bias, masked_bias(b, rows))
     nodes = nodes_by_name(gm)
     for lm in state.linears:
-        linear = nodes[lm.site.node]
-        args = list(linear.args)
-        for i in (1, 2):
-            arg = args[i] if i < len(args) else None
-            while isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target in (masked_weight, masked_bias):
-                arg = arg.args[0]
-            if i < len(args):
-                args[i] = arg
-        linear.args = tuple(args)
+        for name in lm.nodes:
+            linear = nodes[name]
+            args = list(linear.args)
+            for i in (1, 2):
+                arg = args[i] if i < len(args) else None
+                while isinstance(arg, fx.Node) and arg.op == "call_function" and arg.target in (masked_weight, masked_bias):
+                    arg = arg.args[0]
+                if i < len(args):
+                    args[i] = arg
+            linear.args = tuple(args)
     remove_dead_nodes(gm)
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target.startswith(MASK_CONTAINER + ".") and not node.users:

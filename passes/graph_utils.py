@@ -58,7 +58,26 @@ def add_index_buffer(gm: fx.GraphModule, name: str, index: torch.Tensor, before:
         return gm.graph.get_attr(name)
 
 
-def _has_side_effect(node: fx.Node) -> bool:
+def _unobserved_write(node: fx.Node, order: dict[fx.Node, int]) -> bool:
+    """An in-place op on an intermediate tensor that nothing reads afterwards (`scores += bias` in a
+    block whose output is gone): removing it changes nothing."""
+    schema = node.target._schema
+    written = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+    if written != [0] or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    target = node.args[0]
+    if target.op != "call_function" or node not in order or not _fresh(target):
+        return False
+    return all(u is node or order.get(u, len(order)) < order[node] for u in target.users)
+
+
+def _fresh(node: fx.Node) -> bool:
+    """The op returns a new tensor, not a view of another one (a write to a view is a write to its base)."""
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+
+
+def _has_side_effect(node: fx.Node, order: dict[fx.Node, int]) -> bool:
     """Only real side effects keep a node alive; random ops like dropout-in-SDPA do not."""
     if node.op in ("placeholder", "output"):
         return True
@@ -67,13 +86,14 @@ def _has_side_effect(node: fx.Node) -> bool:
     if node.op == "call_function":
         schema = getattr(node.target, "_schema", None)
         if schema is not None and schema.is_mutable:
-            return True
+            return not _unobserved_write(node, order)
         return "assert" in getattr(node.target, "__name__", str(node.target))
     return False
 
 
 def remove_dead_nodes(gm: fx.GraphModule) -> None:
-    gm.graph.eliminate_dead_code(is_impure_node=_has_side_effect)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    gm.graph.eliminate_dead_code(is_impure_node=lambda node: _has_side_effect(node, order))
 
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:

@@ -17,7 +17,8 @@ from .graph_utils import get_tensor
 def unit_norms(gm: fx.GraphModule, linears: list[LinearMasks], block_size: int) -> dict[str, torch.Tensor]:
     """Per mask: the L2 norm of each unit's weights over every linear the mask acts on.
 
-    A head counts its Q, K and V rows and its O columns; an FFN row its FC1 row and FC2 column.
+    A head counts its Q, K and V rows and its O columns; an FFN row its FC1 row (or pair of rows) and
+    FC2 column. A shared weight counts once.
     """
     squares: dict[str, torch.Tensor] = {}
 
@@ -27,9 +28,9 @@ def unit_norms(gm: fx.GraphModule, linears: list[LinearMasks], block_size: int) 
     for lm in linears:
         w = get_tensor(gm, lm.site.weight).detach().float() ** 2
         if lm.rows is not None:
-            add(lm.rows.key, w.sum(1).reshape(-1, lm.rows.unit).sum(1))
+            add(lm.rows.key, w.sum(1).reshape(lm.rows.repeat, -1, lm.rows.unit).sum((0, 2)))
         if lm.cols is not None:
-            add(lm.cols.key, w.sum(0).reshape(-1, lm.cols.unit).sum(1))
+            add(lm.cols.key, w.sum(0).reshape(lm.cols.repeat, -1, lm.cols.unit).sum((0, 2)))
         if lm.blocks is not None:
             out, inp = w.shape
             add(lm.blocks.key, w.reshape(out // block_size, block_size, inp // block_size, block_size).sum((1, 3)))

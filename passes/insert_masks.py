@@ -17,10 +17,31 @@ def _slug(name: str) -> str:
     return name.removesuffix(".weight").replace(".", "_")
 
 
+def _block_keys(structure: EncoderStructure) -> dict[int, str]:
+    """A head-mask key stem per attention block: its name, made unique unless the blocks share their weights."""
+    keys: dict[int, str] = {}
+    owners: dict[str, tuple] = {}
+    for block in structure.attention:
+        weights = tuple(site.weight for site in block.sites)
+        stem = _slug(block.name)
+        key, n = stem, 1
+        while key in owners and owners[key] != weights:
+            n += 1
+            key = f"{stem}_{n}"
+        owners[key] = weights
+        keys[id(block)] = key
+    return keys
+
+
 def plan_masks(structure: EncoderStructure, config: PruningConfig) -> tuple[dict[str, tuple[str, tuple[int, ...]]], list[LinearMasks]]:
-    """Decide which masks exist (key -> granularity, shape) and which axes they act on."""
+    """Decide which masks exist (key -> granularity, shape) and which axes they act on.
+
+    Masks belong to weights: a weight read by several linears (a layer shared by every layer, a
+    projection applied to two inputs) gets one set of masks, applied at each of its uses.
+    """
     masks: dict[str, tuple[str, tuple[int, ...]]] = {}
     axes: dict[str, dict[str, MaskRef]] = {}
+    keys = _block_keys(structure)
 
     def add(key, granularity, shape) -> MaskRef:
         masks[key] = (granularity, tuple(shape))
@@ -31,21 +52,26 @@ def plan_masks(structure: EncoderStructure, config: PruningConfig) -> tuple[dict
 
     for block in structure.attention:
         if config.uses("head"):
-            ref = add(_slug(block.name) + "__heads", "head", (block.num_heads,))
-            ref = MaskRef(ref.key, block.head_dim)
-            for site in (block.q, block.k, block.v):
-                bind(site, "rows", ref)
-            bind(block.o, "cols", ref)
+            key = add(keys[id(block)] + "__heads", "head", (block.num_heads,)).key
+            for site in block.head_sites:
+                bind(site, "rows", MaskRef(key, block.head_dim, block.row_repeat(site)))
+            bind(block.o, "cols", MaskRef(key, block.head_dim))
         if config.uses("row") and config.prune_output_rows and block.o_residual:
             bind(block.o, "rows", add(_slug(block.o.weight) + "__rows", "row", (block.o.out_features,)))
     for block in structure.ffn:
         if config.uses("row"):
-            ref = add(_slug(block.fc1.weight) + "__rows", "row", (block.fc1.out_features,))
-            bind(block.fc1, "rows", ref)
-            bind(block.fc2, "cols", ref)
+            key = add(_slug(block.fc1.weight) + "__rows", "row", (block.rows,)).key
+            bind(block.fc1, "rows", MaskRef(key, 1, block.fc1_chunks))
+            if block.paired is not None:
+                bind(block.paired, "rows", MaskRef(key))
+            bind(block.fc2, "cols", MaskRef(key))
             if config.prune_output_rows and block.fc2_residual:
                 bind(block.fc2, "rows", add(_slug(block.fc2.weight) + "__rows", "row", (block.fc2.out_features,)))
+    uses: dict[str, list[LinearSite]] = {}
     for site in structure.linears():
+        uses.setdefault(site.weight, []).append(site)
+    for weight, sites in uses.items():
+        site = sites[0]
         if config.uses("block"):
             b = config.block_size
             if site.out_features % b or site.in_features % b:
@@ -54,10 +80,13 @@ def plan_masks(structure: EncoderStructure, config: PruningConfig) -> tuple[dict
                     f"[{site.out_features}, {site.in_features}]: choose a block size that divides "
                     "both dimensions, or leave this matrix out with PruningConfig(skip=...)"
                 )
-            bind(site, "blocks", add(_slug(site.weight) + "__blocks", "block", (site.out_features // b, site.in_features // b)))
+            bind(site, "blocks", add(_slug(weight) + "__blocks", "block", (site.out_features // b, site.in_features // b)))
         if config.uses("unstructured"):
-            bind(site, "elements", add(_slug(site.weight) + "__elements", "unstructured", (site.out_features, site.in_features)))
-    linears = [LinearMasks(site, **axes.get(site.weight, {})) for site in structure.linears()]
+            bind(site, "elements", add(_slug(weight) + "__elements", "unstructured", (site.out_features, site.in_features)))
+    linears = [
+        LinearMasks(sites[0], **axes.get(weight, {}), uses=tuple(s.node for s in sites[1:]))
+        for weight, sites in uses.items()
+    ]
     return masks, linears
 
 
@@ -88,21 +117,24 @@ def insert_masks(gm: fx.GraphModule, structure: EncoderStructure, config: Prunin
                 with graph.inserting_before(first):
                     produced[k] = graph.call_function(expand_blocks, (produced[base_key], config.block_size))
             return produced[k]
-        if ref.unit == 1:
+        if ref.unit == 1 and ref.repeat == 1:
             return produced[base_key]
-        k = (ref.key, ref.unit, "units")
+        k = (ref.key, ref.unit, ref.repeat)
         if k not in produced:
             with graph.inserting_before(first):
-                produced[k] = graph.call_function(expand_units, (produced[base_key], ref.unit))
+                produced[k] = graph.call_function(expand_units, (produced[base_key], ref.unit, ref.repeat))
         return produced[k]
 
     nodes = {n.name: n for n in graph.nodes}
+    order = {n: i for i, n in enumerate(graph.nodes)}
     for lm in linears:
-        linear = nodes[lm.site.node]
+        uses = sorted((nodes[name] for name in lm.nodes), key=order.__getitem__)
+        linear = uses[0]
         weight, bias = linear.args[1], (linear.args[2] if len(linear.args) > 2 else None)
         rows, cols = mask_node(lm.rows), mask_node(lm.cols)
         elements = mask_node(lm.blocks, "blocks")
         extra = mask_node(lm.elements)
+        new_w = new_b = None
         with graph.inserting_before(linear):
             if elements is not None and extra is not None:
                 elements = graph.call_function(torch.mul, (elements, extra))
@@ -111,10 +143,13 @@ def insert_masks(gm: fx.GraphModule, structure: EncoderStructure, config: Prunin
             kwargs = {k: v for k, v in (("rows", rows), ("cols", cols), ("elements", elements)) if v is not None}
             if kwargs:
                 new_w = graph.call_function(masked_weight, (weight,), kwargs)
-                linear.args = (linear.args[0], new_w, *linear.args[2:])
             if bias is not None and rows is not None:
                 new_b = graph.call_function(masked_bias, (bias, rows))
-                linear.args = (*linear.args[:2], new_b, *linear.args[3:])
+        for use in uses:
+            if new_w is not None:
+                use.args = (use.args[0], new_w, *use.args[2:])
+            if new_b is not None:
+                use.args = (*use.args[:2], new_b, *use.args[3:])
     graph.lint()
     gm.recompile()
     gm.meta[META_KEY] = PruningState(config=config, structure=structure, linears=linears)

@@ -12,13 +12,21 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from transformers import (
+    AlbertConfig,
+    AlbertForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
     BertModel,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
+    MPNetConfig,
+    MPNetForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -55,13 +63,33 @@ def tiny_model(kind: str, attn: str = "sdpa", *, hidden=64, heads=4, inter=128, 
     if kind == "electra":
         cfg = ElectraConfig(embedding_size=hidden // 2, hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter, num_hidden_layers=layers, **common)
         return ElectraForSequenceClassification(cfg)
+    sizes = dict(hidden_size=hidden, num_attention_heads=heads, intermediate_size=inter, num_hidden_layers=layers, **common)
+    if kind == "mpnet":  # relative-position bias shared by all layers, added to the scores
+        return MPNetForSequenceClassification(MPNetConfig(**sizes))
+    if kind == "deberta":  # v3-style: log buckets, Q/K projections shared with the position terms
+        cfg = DebertaV2Config(**sizes, max_position_embeddings=128, relative_attention=True, position_buckets=8,
+                              share_att_key=True, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm")
+        return DebertaV2ForSequenceClassification(cfg)
+    if kind == "deberta_v2":  # v2-style: separate position projections, no buckets
+        cfg = DebertaV2Config(**sizes, max_position_embeddings=64, relative_attention=True, share_att_key=False,
+                              pos_att_type=["p2c", "c2p"])
+        return DebertaV2ForSequenceClassification(cfg)
+    if kind == "modernbert":  # fused Wqkv, rotary embeddings, gated GELU FFN, local attention every other layer
+        cfg = ModernBertConfig(**sizes, global_attn_every_n_layers=2, local_attention=8, pad_token_id=0)
+        return ModernBertForSequenceClassification(cfg)
+    if kind == "albert":  # one layer's weights shared by every layer
+        return AlbertForSequenceClassification(AlbertConfig(**sizes, embedding_size=max(hidden // 2, 8)))
     raise ValueError(kind)
 
 
 ARCHITECTURES = [
     ("bert", "sdpa"), ("bert", "eager"), ("bertmodel", "sdpa"), ("roberta", "sdpa"), ("roberta", "eager"),
     ("distilbert", "sdpa"), ("distilbert", "eager"), ("electra", "sdpa"),
+    ("mpnet", "eager"), ("deberta", "eager"), ("deberta_v2", "eager"), ("modernbert", "sdpa"), ("modernbert", "eager"),
+    ("albert", "sdpa"),
 ]
+NEW_FAMILIES = ["mpnet", "deberta", "deberta_v2", "modernbert", "albert"]
+EAGER_ONLY = {"mpnet", "deberta", "deberta_v2"}  # transformers has no SDPA path for them
 
 
 def example_inputs(batch=3, seq=13, seed=1, pad=True):

@@ -59,3 +59,8 @@ class OrtLibraryMissing(MissingFileError):
 
 class OrtLibraryLoadError(MLPruneError, RuntimeError):
     """ONNX Runtime refused the custom-op library (built against another version); rebuild it."""
+
+
+class UnsupportedStructure(UnsupportedModelError):
+    """One block's data flow is not understood. The analysis catches it and leaves the block alone,
+    with the message as the reason `describe` prints."""

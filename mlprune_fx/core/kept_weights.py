@@ -28,8 +28,8 @@ def effective_mask(lm: LinearMasks, masks: dict[str, torch.Tensor], block: int) 
     def get(ref, expand):
         return None if ref is None else expand(masks[ref.key].cpu(), ref)
 
-    rows = get(lm.rows, lambda m, r: expand_units(m, r.unit))
-    cols = get(lm.cols, lambda m, r: expand_units(m, r.unit))
+    rows = get(lm.rows, lambda m, r: expand_units(m, r.unit, r.repeat))
+    cols = get(lm.cols, lambda m, r: expand_units(m, r.unit, r.repeat))
     elements = get(lm.blocks, lambda m, r: expand_blocks(m, block))
     extra = get(lm.elements, lambda m, r: m)
     if elements is not None and extra is not None:
@@ -44,8 +44,8 @@ def kept_weights(lm: LinearMasks, masks: dict[str, torch.Tensor], block: int) ->
     when only rows, columns and blocks are masked (the hold's bisection counts often)."""
     out, inp = lm.site.out_features, lm.site.in_features
     f64 = torch.float64  # exact counts at any matrix size
-    r = expand_units(masks[lm.rows.key].to(f64), lm.rows.unit) if lm.rows else None
-    c = expand_units(masks[lm.cols.key].to(f64), lm.cols.unit) if lm.cols else None
+    r = expand_units(masks[lm.rows.key].to(f64), lm.rows.unit, lm.rows.repeat) if lm.rows else None
+    c = expand_units(masks[lm.cols.key].to(f64), lm.cols.unit, lm.cols.repeat) if lm.cols else None
     blocks = masks[lm.blocks.key].to(f64) if lm.blocks else None
     elements = masks[lm.elements.key].to(f64) if lm.elements else None
     if elements is None and blocks is None:

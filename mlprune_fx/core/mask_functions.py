@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def expand_units(mask: torch.Tensor, unit: int) -> torch.Tensor:
-    """A per-head mask [H] as a per-row mask [H * unit]."""
-    return mask if unit == 1 else mask.repeat_interleave(unit)
+def expand_units(mask: torch.Tensor, unit: int, repeat: int = 1) -> torch.Tensor:
+    """A per-head mask [H] as a per-row mask [repeat * H * unit] (rows laid out [repeat][H][unit],
+    as in a fused QKV linear or a gated FFN's chunked up-projection)."""
+    rows = mask if unit == 1 else mask.repeat_interleave(unit)
+    return rows if repeat == 1 else rows.repeat(repeat)
 
 
 def expand_blocks(mask: torch.Tensor, block: int) -> torch.Tensor:

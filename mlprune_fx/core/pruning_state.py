@@ -18,21 +18,32 @@ MASK_CONTAINER = "mlprune_masks"  # the submodule holding every LearnableMask
 
 @dataclass(frozen=True)
 class MaskRef:
-    """A mask submodule applied along one axis; `unit` repeats each entry (head -> rows)."""
+    """A mask submodule applied along one axis; `unit` repeats each entry (head -> rows), and the
+    result is tiled `repeat` times (the Q, K and V ranges of a fused linear)."""
 
     key: str
     unit: int = 1
+    repeat: int = 1
 
 
 @dataclass(frozen=True)
 class LinearMasks:
-    """Which masks act on one linear: its output rows, input columns, blocks, elements."""
+    """Which masks act on one weight: its output rows, input columns, blocks, elements.
+
+    `site` is the weight's first linear use; `uses` names the other linear nodes that read the same
+    weight (a layer shared by every layer, a projection applied to two inputs): masked alike.
+    """
 
     site: LinearSite
     rows: MaskRef | None = None
     cols: MaskRef | None = None
     blocks: MaskRef | None = None
     elements: MaskRef | None = None
+    uses: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return (self.site.node, *self.uses)
 
     def refs(self) -> list[MaskRef]:
         return [r for r in (self.rows, self.cols, self.blocks, self.elements) if r is not None]

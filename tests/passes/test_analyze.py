@@ -16,9 +16,9 @@ def test_finds_every_attention_and_ffn_block(kind, attn):
     for block in structure.attention:
         assert (block.num_heads, block.head_dim) == (4, 16)
         assert block.o_residual is not None
-        assert {block.q.out_features, block.k.out_features, block.v.out_features} == {64}
+        assert {s.out_features // block.row_repeat(s) for s in (block.q, block.k, block.v)} == {64}
     for block in structure.ffn:
-        assert (block.fc1.out_features, block.fc2.in_features) == (128, 128)
+        assert (block.rows, block.fc1.out_features // block.fc1_chunks) == (128, 128)
         assert block.fc2_residual is not None and "gelu" in block.activation
     pruned = {s.weight for s in structure.linears()}
     assert not any("classifier" in w or "pooler" in w or "project" in w for w in pruned)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import mlprune_fx as mp
 
-from conftest import example_inputs, logits_of, randomize_masks, tiny_model
+from conftest import EAGER_ONLY, NEW_FAMILIES, example_inputs, logits_of, randomize_masks, tiny_model
 
 pytestmark = pytest.mark.usefixtures("native_library")
 
@@ -21,9 +21,9 @@ GRANULARITIES = st.sets(st.sampled_from(["head", "row", "block", "unstructured"]
 
 
 @st.composite
-def encoders(draw):
-    kind = draw(st.sampled_from(["bert", "roberta", "distilbert", "electra", "bertmodel"]))
-    attn = draw(st.sampled_from(["sdpa", "eager"]))
+def encoders(draw, kinds=("bert", "roberta", "distilbert", "electra", "bertmodel")):
+    kind = draw(st.sampled_from(kinds))
+    attn = "eager" if kind in EAGER_ONLY else draw(st.sampled_from(["sdpa", "eager"]))
     granularity = tuple(sorted(draw(GRANULARITIES)))
     heads = draw(st.integers(1, 6))
     if "block" in granularity:
@@ -35,14 +35,12 @@ def encoders(draw):
     return dict(
         kind=kind, attn=attn, granularity=granularity, layers=draw(st.integers(1, 3)), heads=heads,
         hidden=heads * head_dim, inter=inter, seed=draw(st.integers(0, 2**16)),
-        all_pruned=draw(st.sampled_from([(), ("layer_0_attention__heads",), ("__rows",), ("__blocks",)])),
+        all_pruned=draw(st.sampled_from([(), ("layer_0_attention__heads",), ("__heads",), ("__rows",), ("__blocks",)])),
         output_rows=draw(st.booleans()),
     )
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(spec=encoders())
-def test_convert_and_onnx_parity_on_drawn_encoders(spec, tmp_path_factory):
+def _convert_and_compare(spec, tmp_path_factory):
     model = tiny_model(spec["kind"], spec["attn"], hidden=spec["hidden"], heads=spec["heads"], inter=spec["inter"], layers=spec["layers"], seed=spec["seed"] % 100)
     cfg = mp.PruningConfig(granularity=spec["granularity"], block_size=16, prune_output_rows=spec["output_rows"])
     prepared = mp.prepare(model, cfg, example_inputs())
@@ -58,3 +56,16 @@ def test_convert_and_onnx_parity_on_drawn_encoders(spec, tmp_path_factory):
         assert (got - expected).abs().max() <= 1e-4, spec
         out = next(iter(session(**x).values()))
         assert np.abs(out - expected.detach().numpy()).max() <= 1e-4, spec
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=encoders())
+def test_convert_and_onnx_parity_on_drawn_encoders(spec, tmp_path_factory):
+    _convert_and_compare(spec, tmp_path_factory)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=encoders(kinds=NEW_FAMILIES))
+def test_convert_and_onnx_parity_on_drawn_new_families(spec, tmp_path_factory):
+    """MPNet, DeBERTa (v2, v3 style), ModernBERT, ALBERT: score terms, fused QKV, gated FFN, rotary, shared layers."""
+    _convert_and_compare(spec, tmp_path_factory)
