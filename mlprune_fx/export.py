@@ -18,7 +18,7 @@ from .core.errors import ExampleInputsError
 from .core.pruning_state import pruning_state
 from .passes.capture import dynamic_shapes
 from .passes.graph_utils import copy_graph_module, no_pytree_spec_warning
-from .runtime.library import is_block_sparse_linear, is_native_op
+from .runtime.library import is_kernel_op, is_native_op
 
 
 def input_names(gm: fx.GraphModule) -> list[str]:
@@ -121,8 +121,8 @@ def export_onnx(
     if uses_native_ops(converted):
         from .runtime.onnx_translation import translation_table
 
-        block_sparse = any(is_block_sparse_linear(n) for n in converted.graph.nodes)
-        kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops, block_sparse=block_sparse)
+        native = any(is_kernel_op(n) for n in converted.graph.nodes)
+        kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops, native=native)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
     path = Path(path)
