@@ -68,6 +68,15 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     assert all(method in table for method in methods + ["dense_more"])
     saved = bench_accuracy.saved_model_path(tmp_path, "rotten_tomatoes", "mlprune", 0.5)
     assert bench_accuracy.mp.load(saved).meta["mlprune_fx"].stage == "converted"
+    # the int8 study reads the saved models back: every model scored, its int8 form judged against its parent
+    from benchmarks import bench_int8_accuracy
+
+    capsys.readouterr()
+    bench_int8_accuracy.main([str(tmp_path), "--threads", "1", "--batch", "1", "--seq", "8", "--rounds", "1",
+                              "--repeats", "1"])
+    out = capsys.readouterr().out
+    for model in ("dense fp32", "dense ORT quantize_dynamic", "dense mlprune_fx int8", "0.5 fp32", "0.5 int8"):
+        assert f"| rotten_tomatoes | {model} |" in out
     # mlprune's options reached prepare and train, and the results record them
     assert not seen["config"].prune_output_rows and seen["config"].lambda_f == 3e4
     assert seen["config"].magnitude_prior == 0.5 and results["settings"]["magnitude_prior"] == 0.5

@@ -93,3 +93,11 @@ def test_half_precision_models_get_a_clear_error():
     prepared = mp.prepare(model, mp.PruningConfig(), example_inputs())
     with pytest.raises(mp.ConfigError, match="quantize='int8' needs float32 weights.*model.float"):
         mp.convert(prepared, quantize="int8")
+
+
+def test_an_int8_file_without_the_library_names_the_build_and_the_standard_ops_way(tmp_path, monkeypatch):
+    _, q = _pair(granularity=("block",), keep=(0.2, 0.5))
+    path = mp.export_onnx(q, tmp_path / "q.onnx", example_inputs())
+    monkeypatch.setenv("MLPRUNE_NATIVE_DIR", str(tmp_path))
+    with pytest.raises(mp.OrtLibraryMissing, match=r"python -m mlprune_fx.runtime.build.*standard_ops=True"):
+        mp.runtime.InferenceSession(path)
