@@ -91,7 +91,8 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 class Data:
     """Tokenised splits on the target device; `train(epoch)` reshuffles the same way for every method."""
 
-    def __init__(self, splits, args: argparse.Namespace, tokenizer, device: torch.device) -> None:
+    def __init__(self, splits, args: argparse.Namespace, tokenizer, device: torch.device, name: str = "") -> None:
+        self.name = name
         self.splits = splits
         self.num_labels = len(self.splits.label_names)
         self.encoded = tokenize(self.splits.train, tokenizer, max_length=args.max_length)
@@ -403,7 +404,7 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
     splits = load_dataset(name, seed=args.seed, max_examples=args.examples)
     torch.manual_seed(args.seed)
     model, tokenizer = load_packaged_model(num_labels=len(splits.label_names))
-    data = Data(splits, args, tokenizer, device)
+    data = Data(splits, args, tokenizer, device, name)
     model.to(device)
     ckpt = source = out / f"dense_{name}.pt"
     reuse = entry is not None and ckpt.exists()
@@ -423,6 +424,11 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
     return model.eval(), data, seconds
 
 
+def saved_model_path(out: Path, dataset: str, method: str, target: float) -> Path:
+    """Where --save-models keeps a cell's converted model (mlprune_fx.save: safetensors + JSON)."""
+    return out / "models" / f"{dataset}_{method}_{target:g}"
+
+
 def run_cell(method, target, dense, data: Data, args, kd, dense_session, feeds, tmp: Path, device) -> dict:
     if method == "mlprune_2step" and device.type != "cpu":
         raise RuntimeError("mlprune_2step lowers blocks to mlprune's CPU kernel; run it with --device cpu")
@@ -437,6 +443,8 @@ def run_cell(method, target, dense, data: Data, args, kd, dense_session, feeds, 
         params_nonzero = baselines.stored_parameters(model) - (
             baselines.encoder_weight_count(model) - baselines.encoder_weight_count(model, nonzero=True))
     graph = model if isinstance(model, torch.fx.GraphModule) else deployable(model, data.example)
+    if args.save_models:
+        mp.save(graph, saved_model_path(args.out, data.name, method, target))
     session = export(graph, tmp / f"{method}_{target:g}.onnx", data.example, args.threads)
     ort_test = ort_accuracy(session, data.test)
     ms = side_by_side(dense_session, session, feeds, args.repeats)
@@ -499,6 +507,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--latency-batch", type=int, default=8)
     p.add_argument("--latency-seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=20, help="timed ONNX Runtime runs per model")
+    p.add_argument("--save-models", action="store_true",
+                   help="keep each cell's deployable model in OUT/models (mlprune_fx.save), for later studies "
+                        "such as benchmarks/bench_int8_accuracy.py")
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, dense checkpoints")
     p.add_argument("--resume", action="store_true", help="skip the cells results.json already holds")
     p.add_argument("--dense-from", type=Path, default=None,

@@ -1,6 +1,6 @@
 """Block-sparse kernel benchmark: our ORT custom op and torch op vs dense ONNX Runtime, dense torch and torch BSR.
 
-Usage: python -m benchmarks.bench_kernel [--quick] [--threads 2] [--markdown PATH]
+Usage: python -m benchmarks.bench_kernel [--quick] [--int8] [--threads 2] [--markdown PATH]
 Efficiency = (ONNX Runtime dense ms x density) / our ORT-op ms; the target is >= 0.8 for b = 32 and N >= 128
 (at density 0.2: at least 4x faster than dense ONNX Runtime). For every row, dense ONNX Runtime, our op
 and our op on an empty matrix are timed side by side, their rounds interleaved.
@@ -10,6 +10,11 @@ on an empty matrix (session call, custom-op overhead, thread-pool dispatch, writ
 ms whatever the kernel does, and the rest is assumed to run at best at dense ONNX Runtime's own
 rate, so ours ~>= empty + density x (ORT dense - empty). An estimate, not a proof: with large
 outputs, writing Y is part of both terms, so a row can beat it slightly.
+
+--int8 times the int8 path instead, all in ONNX Runtime, side by side per row: our int8 op
+(BlockSparseLinearInt8), our fp32 op on the same blocks, ONNX Runtime's own int8 GEMM on the
+dense weight (DynamicQuantizeMatMul, int8 per column) and its fp32 MatMul; densities up to 1.0, where
+our op holds every block, the case that decides which kernel runs dense int8 linears.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from mlprune_fx.runtime import build, ops, ort_library
+from mlprune_fx.runtime import build, int8, ops, ort_library
 from mlprune_fx.runtime.library import ORT_DOMAIN
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072), (384, 384), (1536, 384), (384, 1536)]
@@ -38,6 +43,8 @@ DENSITIES = [0.1, 0.2, 0.3, 0.5]
 BLOCKS = [32, 16]
 QUICK = dict(shapes=[(768, 768), (3072, 768), (384, 1536)], rows=[128, 1024], densities=[0.2, 0.5], blocks=[32, 16])
 TARGET = 0.8
+INT8_DENSITIES = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+INT8_TARGET = 2.5  # our int8 op against our fp32 op, b = 32, N >= 128
 
 
 def median_ms(fns, rounds=5, min_time=0.05, min_reps=7, max_reps=200, warmup=3, settle=0.05):
@@ -141,15 +148,35 @@ def machine_info() -> list[str]:
     ]
 
 
+def int8_sparse_model(packed) -> bytes:
+    inputs = ["X", "values", "row_ptr", "col_idx", "w_scale", "w_sum"]
+    node = helper.make_node("BlockSparseLinearInt8", inputs, ["Y"], domain=ORT_DOMAIN, out_features=packed.out_features)
+    inits = {k: getattr(packed, k).numpy() for k in inputs[1:]}
+    return _model([node], inits, packed.in_features, packed.out_features)
+
+
+def int8_dense_model(weight: torch.Tensor) -> bytes:
+    """ONNX Runtime's own int8 GEMM: DynamicQuantizeMatMul, weights int8 per output column."""
+    q = int8.quantize_weight(weight)
+    node = helper.make_node("DynamicQuantizeMatMul", ["X", "WT", "scale"], ["Y"], domain="com.microsoft")
+    inits = {"WT": q.values.T.contiguous().numpy(), "scale": q.scale.numpy()}
+    out_f, in_f = weight.shape
+    graph = helper.make_graph([node], "bench", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", in_f])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n", out_f])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+
+
 def _ort_ms(models: dict[str, tuple[bytes, bool, torch.Tensor]], x: np.ndarray, out_features: int,
-            threads: int) -> dict[str, float]:
+            threads: int, tolerance: float = 1e-3) -> dict[str, float]:
     """Time ORT sessions side by side (name -> model, custom op?, expected Y), then drop them: a live ORT
     pool next to torch's OpenMP pool on two cores makes torch calls wait for a scheduler tick (measured:
     8 ms per call), and vice versa."""
     runners = {}
     for name, (model, custom, expected) in models.items():
         runners[name] = OrtRunner(model, threads, custom).bind(x, out_features)
-        torch.testing.assert_close(torch.from_numpy(runners[name]().copy()), expected, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(torch.from_numpy(runners[name]().copy()), expected, rtol=1e-3, atol=tolerance)
     ms = median_ms(runners)
     del runners
     gc.collect()
@@ -196,6 +223,56 @@ def bench_row(shape, rows, density, block, threads, cache, rng):
     )
 
 
+def bench_int8_row(shape, rows, density, block, threads, cache, rng):
+    out_f, in_f = shape
+    key = (shape, rows)
+    if key not in cache:
+        weight = torch.from_numpy(rng.standard_normal((out_f, in_f), dtype=np.float32))
+        x = torch.from_numpy(rng.standard_normal((rows, in_f), dtype=np.float32))
+        cache[key] = (weight, x, dense_model(weight.numpy()), int8_dense_model(weight), F.linear(x, weight))
+    weight, x, dense_onnx, dense_int8_onnx, dense_y = cache[key]
+    rb, cb = out_f // block, in_f // block
+    gen = torch.Generator().manual_seed(hash((shape, rows, density, block)) & 0xFFFF)
+    mask = torch.zeros(rb * cb, dtype=torch.int32)
+    mask[torch.rand(rb * cb, generator=gen).topk(max(1, round(density * rb * cb))).indices] = 1
+    mask = mask.view(rb, cb)
+    packed = ops.pack_blocks(weight, mask, block)
+    packed8 = int8.pack_blocks_int8(weight, mask, block)
+    expected = F.linear(x, ops.unpack_blocks(packed))
+    tolerance = 0.05 * float(expected.abs().max())  # int8 rows are checked against float, loosely
+    ms = _ort_ms({"fp32": (sparse_model(packed), True, expected),
+                  "int8": (int8_sparse_model(packed8), True, expected),
+                  "ort_int8": (dense_int8_onnx, False, dense_y),
+                  "ort_fp32": (dense_onnx, False, dense_y)}, x.numpy(), out_f, threads, tolerance)
+    return dict(shape=f"{out_f}x{in_f}", n=rows, density=packed.density, b=block, int8=ms["int8"], fp32=ms["fp32"],
+                ort_int8=ms["ort_int8"], ort_fp32=ms["ort_fp32"], int8_vs_fp32=ms["fp32"] / ms["int8"],
+                int8_vs_ort_int8=ms["ort_int8"] / ms["int8"], int8_vs_ort_fp32=ms["ort_fp32"] / ms["int8"],
+                eff=ms["ort_int8"] * packed.density / ms["int8"])
+
+
+INT8_COLUMNS = [
+    ("shape", "out x in", "{}"), ("n", "N", "{}"), ("density", "dens", "{:.2f}"), ("b", "b", "{}"),
+    ("int8", "ours int8 ms", "{:.3f}"), ("fp32", "ours fp32 ms", "{:.3f}"), ("ort_int8", "ORT int8 dense ms", "{:.3f}"),
+    ("ort_fp32", "ORT fp32 dense ms", "{:.3f}"), ("int8_vs_fp32", "int8 vs ours fp32", "{:.2f}x"),
+    ("int8_vs_ort_int8", "vs ORT int8 dense", "{:.2f}x"), ("int8_vs_ort_fp32", "vs ORT fp32 dense", "{:.2f}x"),
+    ("eff", "efficiency vs ORT int8", "{:.2f}"),
+]
+
+
+def int8_summary(results) -> list[str]:
+    rows = [r for r in results if r["b"] == 32 and r["n"] >= 128]
+    lines = [f"target: our int8 op >= {INT8_TARGET}x our fp32 op at the same density, b = 32, N >= 128"]
+    if rows:
+        ratios = [r["int8_vs_fp32"] for r in rows]
+        lines.append(f"b = 32, N >= 128: int8 vs fp32 min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
+                     f"max {max(ratios):.2f}x; target met in {sum(x >= INT8_TARGET for x in ratios)}/{len(ratios)} rows")
+    full = [r for r in results if r["density"] >= 0.999]
+    if full:
+        lines.append("every block kept, ours int8 vs ONNX Runtime's int8 GEMM: "
+                     + ", ".join(f"{r['shape']} N={r['n']} b={r['b']}: {r['int8_vs_ort_int8']:.2f}x" for r in full))
+    return lines
+
+
 COLUMNS = [
     ("shape", "out x in", "{}"), ("n", "N", "{}"), ("density", "dens", "{:.2f}"), ("b", "b", "{}"),
     ("ours_ort", "ours ORT ms", "{:.3f}"), ("ours_torch", "ours torch ms", "{:.3f}"),
@@ -205,9 +282,9 @@ COLUMNS = [
 ]
 
 
-def format_table(results, markdown=False) -> str:
-    header = [c[1] for c in COLUMNS]
-    body = [[fmt.format(r[k]) for k, _, fmt in COLUMNS] for r in results]
+def format_table(results, markdown=False, columns=COLUMNS) -> str:
+    header = [c[1] for c in columns]
+    body = [[fmt.format(r[k]) for k, _, fmt in columns] for r in results]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
@@ -241,6 +318,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, nargs="+", help=f"override N (default {ROWS})")
     parser.add_argument("--blocks", type=int, nargs="+", help=f"override the block sizes (default {BLOCKS})")
     parser.add_argument("--shapes", nargs="+", help="override the shapes, as OUTxIN (e.g. 3072x768)")
+    parser.add_argument("--int8", action="store_true", help="time the int8 path against fp32 and ONNX Runtime's int8 GEMM")
     args = parser.parse_args(argv)
 
     build.build(quiet=True)
@@ -248,6 +326,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="Sparse BSR tensor support is in beta state")
     torch.set_num_threads(args.threads)
     cfg = dict(QUICK) if args.quick else dict(shapes=SHAPES, rows=ROWS, densities=DENSITIES, blocks=BLOCKS)
+    if args.int8 and not args.quick:
+        cfg["densities"] = INT8_DENSITIES
+    row, columns, summarize = (bench_int8_row, INT8_COLUMNS, int8_summary) if args.int8 else (bench_row, COLUMNS, summary)
     for key in ("densities", "rows", "blocks"):
         if getattr(args, key):
             cfg[key] = getattr(args, key)
@@ -262,17 +343,16 @@ def main(argv=None) -> int:
         for rows in cfg["rows"]:
             for block in cfg["blocks"]:
                 for density in cfg["densities"]:
-                    results.append(bench_row(shape, rows, density, block, args.threads, cache, rng))
-                    r = results[-1]
-                    print(f"  {r['shape']} N={rows} b={block} d={r['density']:.2f}: ours {r['ours_ort']:.3f} ms, "
-                          f"ORT dense {r['ort_dense']:.3f} ms, eff {r['eff']:.2f}", flush=True)
+                    results.append(row(shape, rows, density, block, args.threads, cache, rng))
+                    print("  " + "  ".join(fmt.format(results[-1][k]) for k, _, fmt in columns), flush=True)
             cache.clear()
-    table = format_table(results)
+    table = format_table(results, columns=columns)
     print("\n" + table + "\n")
-    print("\n".join(summary(results)))
+    print("\n".join(summarize(results)))
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("\n\n".join(["\n".join(f"- {h}" for h in header), format_table(results, markdown=True), "\n".join(summary(results))]) + "\n")
+            f.write("\n\n".join(["\n".join(f"- {h}" for h in header), format_table(results, markdown=True, columns=columns),
+                                   "\n".join(summarize(results))]) + "\n")
         print(f"markdown written to {args.markdown}")
     return 0
 

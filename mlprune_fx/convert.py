@@ -1,4 +1,4 @@
-"""convert: freeze -> compact_heads -> compact_rows -> lower_blocks -> fuse_epilogues -> cleanup."""
+"""convert: freeze -> compact_heads -> compact_rows -> lower_blocks -> fuse_epilogues -> [quantize] -> cleanup."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import warnings
 
 from torch import fx
 
+from .core.config import check_quantization
 from .core.errors import NativeLibraryMissing
 from .core.pruning_state import pruning_state
 from .passes.cleanup import cleanup
@@ -18,6 +19,7 @@ from .passes.freeze_masks import freeze_masks
 from .passes.fuse_epilogues import fuse_epilogues
 from .passes.graph_utils import copy_graph_module
 from .passes.lower_blocks import DEFAULT_MAX_DENSITY, lower_blocks
+from .passes.quantize_linears import quantize_linears
 
 
 def _lowering(gm: fx.GraphModule, wanted: bool | None, max_density: float) -> fx.GraphModule:
@@ -37,6 +39,7 @@ def convert(
     row_multiple: int = 1,
     lower_blocks: bool | None = None,
     max_block_density: float = DEFAULT_MAX_DENSITY,
+    quantize: str | None = None,
 ) -> fx.GraphModule:
     """A smaller eval-mode GraphModule: pruned heads and rows are physically gone.
 
@@ -46,8 +49,12 @@ def convert(
     size of a block-pruning step that follows). lower_blocks: run block-masked
     linears whose kept-block density is below `max_block_density` on the native
     block-sparse kernel (default: when `inference` and the kernel is built; with
-    True a missing kernel is an error).
+    True a missing kernel is an error). quantize="int8": every kept encoder linear
+    runs with int8 weights (per output channel) and int8 activations quantized on
+    the fly, dense ones on ONNX Runtime's int8 GEMM, block-sparse ones on the native
+    kernel; pooler and classifier stay float32.
     """
+    check_quantization(quantize)
     state = pruning_state(prepared, "prepared")
     gm = prepared if inplace else copy_graph_module(prepared)
     gm.eval()
@@ -57,6 +64,8 @@ def convert(
     has_blocks = any(lm.blocks is not None for lm in state.linears)
     if has_blocks and (lower_blocks or (lower_blocks is None and inference)):
         steps.append(functools.partial(_lowering, wanted=lower_blocks, max_density=max_block_density))
+    if quantize == "int8":
+        steps.append(quantize_linears)
     steps.append(cleanup)
     for step in steps:
         gm = step(gm)

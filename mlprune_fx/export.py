@@ -18,7 +18,7 @@ from .core.errors import ExampleInputsError
 from .core.pruning_state import pruning_state
 from .passes.capture import dynamic_shapes
 from .passes.graph_utils import copy_graph_module, no_pytree_spec_warning
-from .runtime.library import is_block_sparse_linear, is_native_op
+from .runtime.library import is_kernel_op, is_native_op
 
 
 def input_names(gm: fx.GraphModule) -> list[str]:
@@ -73,19 +73,24 @@ def _check_inputs(gm: fx.GraphModule, example_inputs) -> dict[str, torch.Tensor]
 
 @contextlib.contextmanager
 def _quiet_exporter(verbose: bool):
-    """Unless verbose: the exporter's progress prints, and its stderr warning that torchvision's ops
-    are skipped when torchvision is not installed (an encoder never uses them; it only alarms users)."""
+    """Unless verbose: the exporter's progress prints; its stderr warning that torchvision's ops are
+    skipped when torchvision is not installed (an encoder never uses them; it only alarms users); and
+    the optimizer's note that it does not fold LayerNormalization's extra outputs (DeBERTa's graph has
+    such nodes; nothing is wrong)."""
     if verbose:
         yield
         return
-    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registry.level
-    registry.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in
+               ("torch.onnx._internal.exporter._registration", "onnxscript.optimizer._constant_folding")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        registry.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export_onnx(
@@ -121,8 +126,8 @@ def export_onnx(
     if uses_native_ops(converted):
         from .runtime.onnx_translation import translation_table
 
-        block_sparse = any(is_block_sparse_linear(n) for n in converted.graph.nodes)
-        kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops, block_sparse=block_sparse)
+        native = any(is_kernel_op(n) for n in converted.graph.nodes)
+        kwargs["custom_translation_table"] = translation_table(standard_ops=standard_ops, native=native)
     if opset_version is not None:
         kwargs["opset_version"] = opset_version
     path = Path(path)

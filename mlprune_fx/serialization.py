@@ -56,6 +56,8 @@ def _state_to_json(state: PruningState) -> dict[str, Any]:
         "stage": state.stage,
         "renamed": state.renamed,
         "lowered": state.lowered,
+        "quantization": state.quantization,
+        "quantized": state.quantized,
         "last_penalty": state.last_penalty,
     }
 
@@ -96,7 +98,8 @@ def _state_from_json(d: dict[str, Any], frozen: dict[str, torch.Tensor]) -> Prun
         for lm in d["linears"]
     ]
     return PruningState(
-        config, structure, linears, d["stage"], frozen, d.get("last_penalty", {}), d.get("renamed", {}), d.get("lowered", {})
+        config, structure, linears, d["stage"], frozen, d.get("last_penalty", {}), d.get("renamed", {}),
+        d.get("lowered", {}), d.get("quantization"), d.get("quantized", {}),
     )
 
 
@@ -334,6 +337,8 @@ def _load_converted(directory: Path, manifest, state: PruningState, tensors) -> 
     if not graph_path.exists():
         raise CheckpointError(f"{graph_path} is missing: the checkpoint is incomplete; save the model again")
     _import_pytree_modules(manifest.get("pytree_modules", []))
+    if state.quantized:
+        from .runtime import int8  # noqa: F401  (defines torch.ops.mlprune.int8_linear)
     if state.lowered:
         from .runtime.ops import load_library
 

@@ -39,8 +39,9 @@ def lower_blocks(gm: fx.GraphModule, max_density: float = DEFAULT_MAX_DENSITY) -
     skipped_dtypes: set[torch.dtype] = set()
     op = torch.ops.mlprune.block_sparse_linear.default
     for lm in state.linears:
-        node = nodes.get(state.renamed.get(lm.site.node, lm.site.node))
-        if lm.blocks is None or node is None or node.target is not torch.ops.aten.linear.default:
+        uses = [(name, nodes.get(state.renamed.get(name, name))) for name in lm.nodes]
+        uses = [(name, node) for name, node in uses if node is not None and node.target is torch.ops.aten.linear.default]
+        if lm.blocks is None or not uses:
             continue
         weight = get_tensor(gm, lm.site.weight)
         if weight.dtype != torch.float32:
@@ -57,18 +58,17 @@ def lower_blocks(gm: fx.GraphModule, max_density: float = DEFAULT_MAX_DENSITY) -
         owner = lm.site.weight.removesuffix(".weight")
         owner_module = gm.get_submodule(owner) if "." in lm.site.weight else gm
         prefix = "" if owner_module is gm else owner + "."
-        attrs = []
         for name in ("values", "row_ptr", "col_idx"):
             owner_module.register_buffer(f"block_{name}", getattr(packed, name).contiguous())
+        for site_node, node in uses:  # every use of a shared weight reads the same packed blocks
             with gm.graph.inserting_before(node):
-                attrs.append(gm.graph.get_attr(f"{prefix}block_{name}"))
-        bias = node.args[2] if len(node.args) > 2 else None
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_function(op, (node.args[0], *attrs, bias, out))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        state.renamed[lm.site.node] = new.name
+                attrs = [gm.graph.get_attr(f"{prefix}block_{name}") for name in ("values", "row_ptr", "col_idx")]
+                bias = node.args[2] if len(node.args) > 2 else None
+                new = gm.graph.call_function(op, (node.args[0], *attrs, bias, out))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            state.renamed[site_node] = new.name
         state.lowered[lm.site.weight] = density
     if skipped_dtypes:
         warnings.warn(

@@ -31,6 +31,8 @@ from .library import BUILD_COMMAND, BUILD_DIR, ORT_LIBRARY, TORCH_LIBRARY
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
+# The kernel, shared by both front ends: fp32 and int8 paths, one object each.
+KERNEL_SOURCES = (CSRC / "block_sparse_linear.cpp", CSRC / "block_sparse_int8.cpp")
 TORCH_LIB = BUILD_DIR / TORCH_LIBRARY
 ORT_LIB = BUILD_DIR / ORT_LIBRARY
 SANITIZE_DIR = BUILD_DIR / "sanitize"
@@ -213,23 +215,25 @@ def _compile_and_link(out: Path, ort_include: str | None, quiet: bool, sanitize:
     include = find_ort_include(ort_include, quiet)
     _log(f"ONNX Runtime headers: {include} (API {_api_version(include)})", quiet)
     torch_cflags, torch_ldflags = _torch_flags()
-    obj = {name: out / f"{name}.o" for name in ("block_sparse_linear", "torch_op", "ort_op")}
+    kernels = [src.stem for src in KERNEL_SOURCES]
+    obj = {name: out / f"{name}.o" for name in (*kernels, "torch_op", "ort_op")}
     flags = [*CXXFLAGS, *SANITIZE_FLAGS] if sanitize else CXXFLAGS  # later -O wins
     link_flags = SANITIZE_FLAGS if sanitize else []
     common = [cxx, *flags, f"-I{CSRC}", "-c"]
     _run_parallel(
         [
             ("compiling torch op", [*common, *torch_cflags, str(CSRC / "torch_op.cpp"), "-o", str(obj["torch_op"])]),
-            ("compiling kernel", [*common, str(CSRC / "block_sparse_linear.cpp"), "-o", str(obj["block_sparse_linear"])]),
+            *((f"compiling kernel {src.name}", [*common, str(src), "-o", str(obj[src.stem])]) for src in KERNEL_SOURCES),
             ("compiling ORT op", [*common, "-fvisibility=hidden", f"-isystem{include}", str(CSRC / "ort_op.cpp"), "-o", str(obj["ort_op"])]),
         ],
         quiet,
     )
+    kernel_objs = [str(obj[name]) for name in kernels]
     tmp_torch, tmp_ort = torch_lib.with_suffix(".so.tmp"), ort_lib.with_suffix(".so.tmp")
     _run_parallel(
         [
-            ("linking torch library", [cxx, "-shared", *link_flags, str(obj["torch_op"]), str(obj["block_sparse_linear"]), "-o", str(tmp_torch), *torch_ldflags]),
-            ("linking ORT library", [cxx, "-shared", *link_flags, str(obj["ort_op"]), str(obj["block_sparse_linear"]), "-o", str(tmp_ort)]),
+            ("linking torch library", [cxx, "-shared", *link_flags, str(obj["torch_op"]), *kernel_objs, "-o", str(tmp_torch), *torch_ldflags]),
+            ("linking ORT library", [cxx, "-shared", *link_flags, str(obj["ort_op"]), *kernel_objs, "-o", str(tmp_ort)]),
         ],
         quiet,
     )

@@ -16,6 +16,7 @@ from torch import fx
 OP_NAMESPACE = "mlprune"  # torch.ops.mlprune.*
 ORT_DOMAIN = "ai.mlprune"  # the ONNX domain of our custom ops
 BLOCK_SPARSE_OP_TYPE = "BlockSparseLinear"
+BLOCK_SPARSE_INT8_OP_TYPE = "BlockSparseLinearInt8"
 BUILD_COMMAND = "python -m mlprune_fx.runtime.build"
 BUILD_DIR = Path(__file__).resolve().parent / "_build"
 TORCH_LIBRARY = "libmlprune_torch.so"
@@ -42,5 +43,14 @@ def is_native_op(node: fx.Node) -> bool:
 
 
 def is_block_sparse_linear(node: fx.Node) -> bool:
-    """A call of `torch.ops.mlprune.block_sparse_linear`: the one test every pass and export use."""
+    """A call of `torch.ops.mlprune.block_sparse_linear` (fp32): the one test every pass and export use."""
     return is_native_op(node) and node.target.name() == f"{OP_NAMESPACE}::block_sparse_linear"
+
+
+# The ops the compiled library defines (the others, attention and int8_linear, are Python ops).
+KERNEL_OPS = (f"{OP_NAMESPACE}::block_sparse_linear", f"{OP_NAMESPACE}::block_sparse_linear_int8")
+
+
+def is_kernel_op(node: fx.Node) -> bool:
+    """A call that needs the native library: either precision of the block-sparse linear."""
+    return is_native_op(node) and node.target.name() in KERNEL_OPS

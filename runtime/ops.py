@@ -134,9 +134,15 @@ def _register_fake() -> None:
         torch._check(values.dim() == 3, lambda: "values must be [nnzb, b, b]")
         return x.new_empty((*x.shape[:-1], out_features))
 
+    @torch.library.register_fake("mlprune::block_sparse_linear_int8")
+    def _(x, values, row_ptr, col_idx, w_scale, w_sum, bias, out_features, activation="none", residual=None):
+        torch._check(values.dim() == 4, lambda: "values must be [nnzb, b/4, b, 4]")
+        return x.new_empty((*x.shape[:-1], out_features))
+
 
 def kernel_isa(wanted: str = "") -> str:
-    """Active instruction set of the kernel; pass 'auto', 'avx512', 'avx2' or 'scalar' to switch (for tests)."""
+    """Active instruction set of the kernel; pass 'auto', 'avx512vnni', 'avx512', 'avx2' or 'scalar' to switch
+    (for tests; the fp32 path runs 'avx512vnni' as 'avx512', the int8 path uses VNNI's dot product)."""
     load_library()
     return torch.ops.mlprune.kernel_isa(wanted)
 

@@ -10,12 +10,13 @@ import onnx
 import onnxruntime as ort
 
 from ..core.errors import MissingFileError, OrtLibraryMissing
-from .library import ORT_DOMAIN
+from .library import BLOCK_SPARSE_INT8_OP_TYPE, ORT_DOMAIN
 
 
-def model_domains(path: str | os.PathLike) -> set[str]:
+def model_ops(path: str | os.PathLike) -> tuple[set[str], set[str]]:
+    """(the model's opset domains, the op types of its nodes)."""
     model = onnx.load(str(path), load_external_data=False)
-    return {o.domain for o in model.opset_import}
+    return {o.domain for o in model.opset_import}, {n.op_type for n in model.graph.node}
 
 
 class InferenceSession(ort.InferenceSession):
@@ -47,7 +48,8 @@ class InferenceSession(ort.InferenceSession):
             options.intra_op_num_threads = int(num_threads)
         if spinning is not None:
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        if ORT_DOMAIN in model_domains(path):
+        domains, op_types = model_ops(path)
+        if ORT_DOMAIN in domains:
             from .ort_library import register_library
 
             try:
@@ -57,6 +59,10 @@ class InferenceSession(ort.InferenceSession):
                     f"{path} uses mlprune's custom ops ({ORT_DOMAIN}) and {exc} Or export without custom ops: "
                     "mlprune_fx.export_onnx(..., standard_ops=True)"
                 ) from exc
+            if BLOCK_SPARSE_INT8_OP_TYPE in op_types:
+                from .int8 import note_kernel_path
+
+                note_kernel_path()
         if not fuse_skip_layernorm:
             kwargs["disabled_optimizers"] = sorted({*kwargs.get("disabled_optimizers", ()), "SkipLayerNormFusion"})
         super().__init__(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]), **kwargs)

@@ -11,6 +11,12 @@ from .errors import ConfigError
 
 GRANULARITIES = ("head", "row", "block", "unstructured")
 BLOCK_SIZES = (16, 32)  # the sides the native block-sparse kernel runs
+QUANTIZATIONS = (None, "int8")  # what convert(quantize=...) takes
+
+
+def check_quantization(quantize: object) -> None:
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantize={quantize!r} is not supported: use one of {QUANTIZATIONS}")
 
 
 @dataclass(frozen=True)

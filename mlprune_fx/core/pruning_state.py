@@ -59,6 +59,8 @@ class PruningState:
     last_penalty: dict[str, float] = field(default_factory=dict)
     renamed: dict[str, str] = field(default_factory=dict)  # linear node -> node that replaced it
     lowered: dict[str, float] = field(default_factory=dict)  # weight -> kept-block density, run block-sparse
+    quantization: str | None = None  # "int8" once convert quantized the kept linears
+    quantized: dict[str, str] = field(default_factory=dict)  # weight -> "int8" or "int8 block-sparse"
 
     def masks_of(self, weight: str) -> LinearMasks | None:
         return next((lm for lm in self.linears if lm.site.weight == weight), None)

@@ -15,8 +15,7 @@
 
 #pragma GCC visibility push(hidden)
 
-#define MLP_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma,prfchw")))
-#define MLP_AVX2 __attribute__((target("avx2,fma")))
+#include "simd_math.h"
 
 namespace mlprune {
 namespace {
@@ -47,94 +46,6 @@ constexpr int64_t kWAhead = 2;  // blocks; 1-4 measured alike in a BERT-base run
 // --by-kind); batch 1's outputs (at most 0.8 MB) stay on plain stores.
 constexpr int64_t kColdOutputBytes = int64_t{1} << 20;
 constexpr int kAvx2WideRows = 3;  // tile_avx2_wide's height: 12 accumulators of 16 ymm
-
-// ---- epilogue: y = act(x W^T + bias) + residual ----
-inline float gelu_scalar(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); }
-
-void epilogue_scalar(float* row, const float* res, int cols, Activation act) {
-  for (int j = 0; j < cols; ++j) {
-    float v = row[j];
-    if (act == Activation::kGelu) v = gelu_scalar(v);
-    if (res) v += res[j];
-    row[j] = v;
-  }
-}
-
-// exp for x <= 0 (what erf needs): 2^n * p(r), |r| <= ln2/2, degree-6 Taylor; rel. error < 2e-7.
-MLP_AVX512 inline __m512 exp_neg512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-// erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), odd in x.
-MLP_AVX512 inline __m512 erf512(__m512 x) {
-  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));  // AVX-512F only
-  const __m512 a = _mm512_abs_ps(x);
-  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
-  __m512 p = _mm512_set1_ps(1.061405429f);
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
-  p = _mm512_mul_ps(p, t);
-  const __m512 e = exp_neg512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a));
-  const __m512 y = _mm512_fnmadd_ps(p, e, _mm512_set1_ps(1.0f));
-  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y), sign));
-}
-
-MLP_AVX512 inline __m512 gelu512(__m512 v) {
-  const __m512 e = erf512(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
-  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-}
-
-// The same exp, erf and GELU in 8 lanes. AVX2 has no scalef: 2^n is built in the exponent bits
-// (n >= -126 for x >= -87, so it stays a normal float).
-MLP_AVX2 inline __m256 exp_neg256(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
-}
-
-MLP_AVX2 inline __m256 erf256(__m256 x) {
-  const __m256 sign = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
-  const __m256 a = _mm256_andnot_ps(sign, x);
-  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(a, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
-  __m256 p = _mm256_set1_ps(1.061405429f);
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
-  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
-  p = _mm256_mul_ps(p, t);
-  const __m256 e = exp_neg256(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), a), a));
-  return _mm256_or_ps(_mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.0f)), sign);
-}
-
-MLP_AVX2 inline __m256 gelu256(__m256 v) {
-  const __m256 e = erf256(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
-  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-}
 
 // Output and residual lines of a tile, fetched before its FMAs: in a model they are cold (the
 // next op's input, the block's input), and a store or load that misses after the FMAs stalls the
@@ -386,25 +297,19 @@ const TileTable& tiles() {
 
 int64_t rows_per_tile(Isa isa, int64_t block) {
   switch (isa) {
-    case Isa::kAvx512: return block == 32 ? 12 : 12;
+    case Isa::kAvx512:
+    case Isa::kAvx512Vnni: return 12;
     case Isa::kAvx2: return block == 32 ? kAvx2WideRows : 6;
     default: return 4;
   }
 }
 
-int64_t l2_bytes() {
-  static const int64_t bytes = [] {
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v >= 128 * 1024 ? static_cast<int64_t>(v) : int64_t{1} << 20;
-  }();
-  return bytes;
-}
-
 Isa detect() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("fma"))
-    return Isa::kAvx512;
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+  if (avx512 && __builtin_cpu_supports("avx512vnni")) return Isa::kAvx512Vnni;
+  if (avx512) return Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
   return Isa::kScalar;
 }
@@ -425,6 +330,14 @@ std::atomic<int>& isa_state() {
 
 }  // namespace
 
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v >= 128 * 1024 ? static_cast<int64_t>(v) : int64_t{1} << 20;
+  }();
+  return bytes;
+}
+
 Isa best_isa() {
   static const Isa isa = detect();
   return isa;
@@ -440,6 +353,7 @@ Isa set_isa(Isa isa) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Vnni: return "avx512vnni";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "scalar";
@@ -448,6 +362,7 @@ const char* isa_name(Isa isa) {
 
 bool parse_isa(const std::string& name, Isa* out) {
   if (name == "auto") *out = best_isa();
+  else if (name == "avx512vnni") *out = Isa::kAvx512Vnni;
   else if (name == "avx512") *out = Isa::kAvx512;
   else if (name == "avx2") *out = Isa::kAvx2;
   else if (name == "scalar") *out = Isa::kScalar;
@@ -515,7 +430,7 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // one, W's reloads from L2 cost more than this saves.
   if (a_.residual && cold_output && a_.nnzb * b * b * static_cast<int64_t>(sizeof(float)) <= l2_bytes() / 2)
     tile_rows_ = mr_;
-  can_pack_ = isa_ == Isa::kAvx512 && mr_ == kPackRows;
+  can_pack_ = isa_ >= Isa::kAvx512 && mr_ == kPackRows;
   // A plain store to a cold line first reads it from memory; that read and the write-back compete
   // with X and W for bandwidth. Streaming stores skip the read (BERT-base shapes at batch 8 x 128,
   // every output 1.5-6 MB: kernel time -10 % in a 12-layer model). A warm output stays in cache
@@ -525,31 +440,37 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // cache from the residual's read: plain stores hit them there, where streaming would evict them.
   stream_ = isa_ != Isa::kScalar && cold_output && a_.y != a_.residual &&
             reinterpret_cast<uintptr_t>(a_.y) % 64 == 0;
-  const int64_t n_tiles = a_.rows > 0 ? (a_.rows + tile_rows_ - 1) / tile_rows_ : 0;
-  const int64_t n_tasks = n_tiles * row_blocks_;
-  max_parts = std::max<int64_t>(1, std::min(max_parts, n_tasks));
+  bounds_ = balance_parts(a_.row_ptr, row_blocks_, a_.rows, tile_rows_, max_parts);
+}
 
+std::vector<int64_t> balance_parts(const int64_t* row_ptr, int64_t row_blocks, int64_t rows,
+                                   int64_t tile_rows, int64_t max_parts) {
+  const int64_t n_tiles = rows > 0 ? (rows + tile_rows - 1) / tile_rows : 0;
+  const int64_t n_tasks = n_tiles * row_blocks;
+  max_parts = std::max<int64_t>(1, std::min(max_parts, n_tasks));
   // Cost of a task ~ rows * (kept blocks + fixed init/store overhead).
   std::vector<double> prefix(n_tasks + 1, 0.0);
   for (int64_t t = 0, idx = 0; t < n_tiles; ++t) {
-    const double rows = static_cast<double>(std::min(tile_rows_, a_.rows - t * tile_rows_));
-    for (int64_t r = 0; r < row_blocks_; ++r, ++idx) {
-      const double kept = static_cast<double>(a_.row_ptr[r + 1] - a_.row_ptr[r]);
-      prefix[idx + 1] = prefix[idx] + rows * (kept + 0.25);
+    const double tile = static_cast<double>(std::min(tile_rows, rows - t * tile_rows));
+    for (int64_t r = 0; r < row_blocks; ++r, ++idx) {
+      const double kept = static_cast<double>(row_ptr[r + 1] - row_ptr[r]);
+      prefix[idx + 1] = prefix[idx] + tile * (kept + 0.25);
     }
   }
-  bounds_.assign(max_parts + 1, n_tasks);
-  bounds_[0] = 0;
+  std::vector<int64_t> bounds(max_parts + 1, n_tasks);
+  bounds[0] = 0;
   for (int64_t p = 1; p < max_parts; ++p) {
     const double target = prefix[n_tasks] * static_cast<double>(p) / static_cast<double>(max_parts);
     const auto it = std::lower_bound(prefix.begin(), prefix.end(), target);
-    bounds_[p] = std::max(bounds_[p - 1], static_cast<int64_t>(it - prefix.begin()));
+    bounds[p] = std::max(bounds[p - 1], static_cast<int64_t>(it - prefix.begin()));
   }
+  return bounds;
 }
 
 void Plan::run_part(int64_t part) const {
   const int bi = a_.block == 32 ? 1 : 0;
-  const TileFn* table = tiles().fn[static_cast<int>(isa_)][bi];
+  const int level = static_cast<int>(std::min(isa_, Isa::kAvx512));  // VNNI adds nothing to fp32
+  const TileFn* table = tiles().fn[level][bi];
   const int64_t b = a_.block, in = a_.in_features;
   thread_local std::vector<float> packed;
   int64_t current_tile = -1;
@@ -564,7 +485,7 @@ void Plan::run_part(int64_t part) const {
       // nor when many parts split few rows (each would copy them all).
       const int64_t r_end = std::min(bounds_[part + 1], (t + 1) * row_blocks_) - t * row_blocks_;
       pack = can_pack_ && (a_.row_ptr[r_end] - a_.row_ptr[r]) * b * b >= kPackFlops / 2 * in;
-      table = pack ? tiles().packed[bi] : tiles().fn[static_cast<int>(isa_)][bi];
+      table = pack ? tiles().packed[bi] : tiles().fn[level][bi];
       if (pack) {
         const int64_t rows = row_end - t * tile_rows_;
         packed.resize(static_cast<size_t>((rows + mr_ - 1) / mr_ * mr_ * in));

@@ -50,7 +50,7 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
             "--finetune-steps", "2", "--prune-steps", "4", "--batch-size", "8", "--max-length", "16",
             "--latency-batch", "1", "--latency-seq", "8", "--repeats", "1", "--threads", "1", "--no-progress",
             "--descent", "0.25", "--hold-masks", "--no-output-rows", "--lambda-f", "3e4",
-            "--magnitude-prior", "0.5", "--attention-length", "32", "--mask-lr-scale", "3", "--out",
+            "--magnitude-prior", "0.5", "--attention-length", "32", "--mask-lr-scale", "3", "--save-models", "--out",
             str(tmp_path)]
     bench_accuracy.main(argv)
     results = json.loads((tmp_path / "results.json").read_text())
@@ -66,6 +66,17 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     assert set(entry["cells"]) == {bench_accuracy.cell_key(m, 0.5) for m in methods} | {"dense_more@1"}
     table = (tmp_path / "results.md").read_text()
     assert all(method in table for method in methods + ["dense_more"])
+    saved = bench_accuracy.saved_model_path(tmp_path, "rotten_tomatoes", "mlprune", 0.5)
+    assert bench_accuracy.mp.load(saved).meta["mlprune_fx"].stage == "converted"
+    # the int8 study reads the saved models back: every model scored, its int8 form judged against its parent
+    from benchmarks import bench_int8_accuracy
+
+    capsys.readouterr()
+    bench_int8_accuracy.main([str(tmp_path), "--threads", "1", "--batch", "1", "--seq", "8", "--rounds", "1",
+                              "--repeats", "1"])
+    out = capsys.readouterr().out
+    for model in ("dense fp32", "dense ORT quantize_dynamic", "dense mlprune_fx int8", "0.5 fp32", "0.5 int8"):
+        assert f"| rotten_tomatoes | {model} |" in out
     # mlprune's options reached prepare and train, and the results record them
     assert not seen["config"].prune_output_rows and seen["config"].lambda_f == 3e4
     assert seen["config"].magnitude_prior == 0.5 and results["settings"]["magnitude_prior"] == 0.5

@@ -10,6 +10,7 @@ from mlprune_fx.core.leap import soft_remaining
 from mlprune_fx.core.pruning_state import mask_modules, pruning_state
 from mlprune_fx.passes.analyze import find_structures
 from mlprune_fx.passes.capture import capture
+from mlprune_fx.runtime.library import is_block_sparse_linear
 
 from conftest import EAGER_ONLY, NEW_FAMILIES, example_inputs, logits_of, prepare_tiny, randomize_masks, tiny_model
 
@@ -140,6 +141,18 @@ def test_blocks_and_single_weights_on_the_new_families(kind, tmp_path):
     prepared = _prepared(kind, granularity=("head", "row", "block", "unstructured"), seed=3, keep=(0.3, 0.6))
     converted = mp.convert(prepared)
     assert pruning_state(converted).lowered
+    _check(prepared, converted, tmp_path)
+
+
+def test_every_use_of_a_shared_weight_runs_the_block_sparse_kernel(tmp_path):
+    """ALBERT's one layer serves every layer: each use reads the same packed blocks, none stays dense."""
+    prepared = _prepared("albert", granularity=("block",), seed=3, keep=(0.2, 0.4))
+    converted = mp.convert(prepared)
+    state = pruning_state(converted)
+    lowered = [lm for lm in state.linears if lm.site.weight in state.lowered]
+    assert lowered and all(len(lm.nodes) > 1 for lm in lowered)
+    kernels = [n for n in converted.graph.nodes if is_block_sparse_linear(n)]
+    assert len(kernels) == sum(len(lm.nodes) for lm in lowered)
     _check(prepared, converted, tmp_path)
 
 

@@ -1,7 +1,8 @@
-// Fuzz driver for the shared block-sparse kernel (runtime/csrc/block_sparse_linear.cpp), built with
-// sanitizers by tests/sanitize/run.py. It calls the kernel directly, without Python, so every report
-// is about our code. Buffers are exactly sized heap vectors: any read or write past X, values,
-// row_ptr, col_idx, bias or Y is caught by AddressSanitizer.
+// Fuzz driver for the shared block-sparse kernel (runtime/csrc: the fp32 and the int8 paths), built
+// with sanitizers by tests/sanitize/run.py. It calls the kernel directly, without Python, so every
+// report is about our code. Buffers are exactly sized heap vectors: any read or write past X, values,
+// row_ptr, col_idx, bias or Y is caught by AddressSanitizer. The int8 path's integer sums are checked
+// exactly, its quantizing op against the same sums dequantized.
 //
 //   kernel_driver [cases] [seed]   fuzzed shapes on every ISA and part count; exit 0 when all match
 //   kernel_driver --canary         hands the kernel an X one float short: ASan must report a read past it
@@ -140,6 +141,118 @@ void run_threaded(const mlprune::Plan& plan) {
   for (auto& t : threads) t.join();
 }
 
+// ---- int8: the same case's blocks as int8 weights, packed [nnzb][b/4][b][4] ----
+struct Int8Case {
+  std::vector<int8_t> values;   // packed for the kernel
+  std::vector<int32_t> dense;   // Wq [out, in]
+  std::vector<float> w_scale;
+  std::vector<int32_t> w_sum;
+  std::vector<uint8_t> xq;      // an already quantized X for the raw sums
+};
+
+Int8Case make_int8(const Case& c, std::mt19937_64& rng) {
+  Int8Case q;
+  const int64_t b = c.b, nnzb = static_cast<int64_t>(c.col_idx.size());
+  q.values.assign(nnzb * b * b, 0);
+  q.dense.assign(c.out() * c.in(), 0);
+  q.w_sum.assign(c.out(), 0);
+  q.w_scale.assign(c.out(), 0.05f);
+  std::uniform_int_distribution<int> w(-mlprune::kInt8WeightMax, mlprune::kInt8WeightMax), u8(0, 255);
+  for (int64_t r = 0; r < c.rb; ++r)
+    for (int64_t k = c.row_ptr[r]; k < c.row_ptr[r + 1]; ++k)
+      for (int64_t j = 0; j < b; ++j)
+        for (int64_t i = 0; i < b; ++i) {
+          const int v = w(rng);
+          q.values[((k * (b / 4) + i / 4) * b + j) * 4 + i % 4] = static_cast<int8_t>(v);
+          q.dense[(r * b + j) * c.in() + c.col_idx[k] * b + i] = v;
+          q.w_sum[r * b + j] += v;
+        }
+  q.xq.resize(c.rows * c.in());
+  for (uint8_t& v : q.xq) v = static_cast<uint8_t>(u8(rng));
+  return q;
+}
+
+mlprune::BsrInt8Args int8_args(const Case& c, const Int8Case& q) {
+  mlprune::BsrInt8Args a;
+  a.rows = c.rows;
+  a.in_features = c.in();
+  a.values = q.values.data();
+  a.row_ptr = c.row_ptr.data();
+  a.col_idx = c.col_idx.data();
+  a.nnzb = static_cast<int64_t>(c.col_idx.size());
+  a.w_scale = q.w_scale.data();
+  a.w_sum = q.w_sum.data();
+  a.bias = c.has_bias ? c.bias.data() : nullptr;
+  a.out_features = c.out();
+  a.block = c.b;
+  return a;
+}
+
+// Every path and part count: the raw int32 sums exactly, and the quantizing op against its own sums.
+bool run_int8_case(const Case& c, std::mt19937_64& rng) {
+  const Int8Case q = make_int8(c, rng);
+  mlprune::BsrInt8Args a = int8_args(c, q);
+  const std::string err = mlprune::validate_int8(a, {a.nnzb, c.b / 4, c.b, 4}, static_cast<int64_t>(c.row_ptr.size()),
+                                                 a.nnzb, c.has_bias ? c.out() : -1, c.out(), c.out());
+  if (!err.empty()) {
+    std::fprintf(stderr, "validate_int8 rejected a well-formed case: %s\n", err.c_str());
+    return false;
+  }
+  std::vector<int64_t> sums(c.rows * c.out(), 0);
+  for (int64_t n = 0; n < c.rows; ++n)
+    for (int64_t o = 0; o < c.out(); ++o)
+      for (int64_t i = 0; i < c.in(); ++i) sums[n * c.out() + o] += int64_t(q.xq[n * c.in() + i]) * q.dense[o * c.in() + i];
+  std::vector<uint8_t> xq(c.x.size());
+  std::vector<float> xs(c.rows);
+  std::vector<int32_t> xz(c.rows);
+  for (int isa = 0; isa <= static_cast<int>(mlprune::best_isa()); ++isa) {
+    mlprune::set_isa(static_cast<mlprune::Isa>(isa));
+    for (int64_t parts : {1, 3, 64}) {
+      std::vector<int32_t> raw(c.rows * c.out(), -1);
+      mlprune::BsrInt8Args r = a;
+      r.x_q = q.xq.data();
+      r.y_raw = raw.data();
+      const mlprune::Int8Plan raw_plan(r, parts);
+      for (int64_t p = 0; p < raw_plan.num_parts(); ++p) raw_plan.run_part(p);
+      for (size_t i = 0; i < raw.size(); ++i)
+        if (raw[i] != sums[i]) {
+          std::fprintf(stderr, "INT8 MISMATCH (%s, %lld parts) b=%lld rows=%lld at %zu: %d vs %lld\n",
+                       mlprune::isa_name(mlprune::active_isa()), (long long)parts, (long long)c.b, (long long)c.rows, i,
+                       raw[i], (long long)sums[i]);
+          return false;
+        }
+      // the quantizing op: quantize X as it does, then its output against those sums dequantized
+      Output y(c.rows * c.out(), std::nanf(""));
+      mlprune::BsrInt8Args full = a;
+      full.x = c.x.data();
+      full.y = y.data();
+      const mlprune::Int8Plan plan(full, parts);
+      if (parts <= 3) {
+        for (int64_t p = 0; p < plan.num_parts(); ++p) plan.run_part(p);
+      } else {
+        std::vector<std::thread> threads;
+        for (int64_t p = 0; p < plan.num_parts(); ++p) threads.emplace_back([&plan, p] { plan.run_part(p); });
+        for (auto& t : threads) t.join();
+      }
+      mlprune::quantize_rows_u8(c.x.data(), c.rows, c.in(), xq.data(), xs.data(), xz.data());
+      for (int64_t n = 0; n < c.rows; ++n)
+        for (int64_t o = 0; o < c.out(); ++o) {
+          int64_t acc = 0;
+          for (int64_t i = 0; i < c.in(); ++i) acc += int64_t(xq[n * c.in() + i]) * q.dense[o * c.in() + i];
+          const double ref = double(acc - int64_t(xz[n]) * q.w_sum[o]) * xs[n] * q.w_scale[o] + (c.has_bias ? c.bias[o] : 0.0);
+          const double got = y[n * c.out() + o];
+          if (!(std::fabs(got - ref) <= 1e-4 * (1.0 + std::fabs(ref)))) {
+            std::fprintf(stderr, "INT8 OP MISMATCH (%s) at row %lld out %lld: %g vs %g\n",
+                         mlprune::isa_name(mlprune::active_isa()), (long long)n, (long long)o, got, ref);
+            return false;
+          }
+        }
+    }
+  }
+  mlprune::set_isa(mlprune::best_isa());
+  return true;
+}
+
 bool run_case(const Case& c) {
   const std::string err = c.check_args();
   if (!err.empty()) {
@@ -231,7 +344,7 @@ bool concurrent_plans(std::mt19937_64& rng) {
       }
     });
   threads.emplace_back([] {
-    for (int rep = 0; rep < 200; ++rep) mlprune::set_isa(static_cast<mlprune::Isa>(rep % 3));
+    for (int rep = 0; rep < 200; ++rep) mlprune::set_isa(static_cast<mlprune::Isa>(rep % 4));
   });
   for (auto& t : threads) t.join();
   mlprune::set_isa(mlprune::best_isa());
@@ -269,7 +382,8 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(seed);
   std::printf("kernel_driver: best isa %s, %d cases, seed %llu\n", mlprune::isa_name(mlprune::best_isa()), cases, seed);
   for (int i = 0; i < cases; ++i) {
-    if (!run_case(make_case(rng))) return 1;
+    const Case c = make_case(rng);
+    if (!run_case(c) || !run_int8_case(c, rng)) return 1;
     if (i % 20 == 0 && (!check_rejections(rng) || !concurrent_plans(rng))) return 1;
   }
   std::printf("kernel_driver: all cases match the reference\n");

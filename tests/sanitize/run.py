@@ -1,7 +1,7 @@
 """Run the native kernel under sanitizers (`make sanitize`); exits non-zero on any finding.
 
 1. builds ASan + UBSan variants of both libraries (python -m mlprune_fx.runtime.build --sanitize);
-2. builds tests/sanitize/kernel_driver.cpp twice, with ASan + UBSan and with TSan, straight on the kernel source,
+2. builds tests/sanitize/kernel_driver.cpp twice, with ASan + UBSan and with TSan, straight on the kernel sources,
    checks that ASan catches a planted out-of-bounds read (--canary), then fuzzes shapes, ISAs and part counts;
 3. runs the kernel test files under pytest with the sanitized libraries (MLPRUNE_NATIVE_DIR) and the ASan
    runtime preloaded (with libstdc++, so ASan can intercept C++ throws); leak checks are off there since the
@@ -24,8 +24,8 @@ from mlprune_fx.runtime import build
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER_SRC = Path(__file__).resolve().parent / "kernel_driver.cpp"
-KERNEL_SRC = build.CSRC / "block_sparse_linear.cpp"
-TEST_FILES = ["tests/runtime/test_block_sparse_kernel.py", "tests/runtime/test_ort_block_sparse.py", "tests/runtime/test_native_reliability.py"]
+TEST_FILES = ["tests/runtime/test_block_sparse_kernel.py", "tests/runtime/test_ort_block_sparse.py",
+              "tests/runtime/test_native_reliability.py", "tests/runtime/test_int8_kernel.py", "tests/runtime/test_ort_int8.py"]
 UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1"
 
 
@@ -52,9 +52,10 @@ def build_drivers(cxx: str) -> dict[str, Path]:
         "asan": (out / "kernel_driver", build.SANITIZE_FLAGS),
         "tsan": (out / "kernel_driver_tsan", ["-O1", "-g", "-fsanitize=thread"]),
     }
-    newest = max(p.stat().st_mtime for p in (DRIVER_SRC, KERNEL_SRC, build.CSRC / "block_sparse_linear.h"))
+    sources = [str(src) for src in build.KERNEL_SOURCES]
+    newest = max(p.stat().st_mtime for p in (DRIVER_SRC, *build.KERNEL_SOURCES, *build.CSRC.glob("*.h")))
     jobs = [
-        (f"compiling kernel_driver ({name})", [cxx, "-std=c++17", "-Wall", *flags, f"-I{build.CSRC}", str(DRIVER_SRC), str(KERNEL_SRC), "-o", str(exe), "-pthread"])
+        (f"compiling kernel_driver ({name})", [cxx, "-std=c++17", "-Wall", *flags, f"-I{build.CSRC}", str(DRIVER_SRC), *sources, "-o", str(exe), "-pthread"])
         for name, (exe, flags) in variants.items()
         if not exe.is_file() or exe.stat().st_mtime < newest
     ]

@@ -53,20 +53,27 @@ def test_the_whole_flow_on_a_run_folder(tmp_path, tiny_hf, tiny_csv, capsys):
     prune = json.loads((r / "prune.json").read_text())
     assert abs(prune["remaining"] - 0.5) < 0.1 and prune["group_by_length"] is True
     assert 0 <= prune["dev_accuracy"] <= 1 and len(prune["logs"][0]["accuracy"]) == 6
-    assert run("convert", "--run", r) == 0
+    assert run("convert", "--run", r, "--quantize", "int8") == 0
+    convert = json.loads((r / "convert.json").read_text())
+    assert convert["quantize"] == "int8" and 0 <= convert["int8_vs_fp32_max_logit_difference"] < 0.5
     assert run("export", "--run", r) == 0
-    assert (r / "model.onnx").exists() and (r / "dense.onnx").exists()
+    assert all((r / f).exists() for f in ("model.onnx", "dense.onnx", "dense_ort_int8.onnx"))
     assert run("evaluate", "--run", r) == 0
     accuracy = json.loads((r / "evaluate.json").read_text())["accuracy"]
-    assert set(accuracy) == {"dense", "pruned", "pruned_onnx"}
+    assert set(accuracy) == {"dense", "dense_ort_int8", "pruned", "pruned_onnx"}
     assert accuracy["pruned"] == pytest.approx(accuracy["pruned_onnx"], abs=0.1)
     assert run("bench", "--run", r, "--batch", "2", "--seq", "16", "--repeats", "2") == 0
+    assert set(json.loads((r / "bench.json").read_text())["ms"]) == {"dense", "dense_ort_int8", "pruned"}
     assert run("report", "--run", r) == 0
     report = (r / "report.md").read_text()
     assert "kept.png" in report and (r / "kept.png").exists() and (r / "training_0.png").exists()
-    assert "prune --model" not in report
+    assert "prune --model" not in report and "quantize_dynamic" in report and "pruned, int8" in report
     out = capsys.readouterr().out
-    assert "speed-up" in out
+    assert "speed-up" in out and "over it through quantize_dynamic" in out
+    from mlprune_fx.tools.demo import summary_table
+
+    table = summary_table(r)
+    assert "dense, ONNX Runtime quantize_dynamic" in table and "mlprune_fx: pruned + int8" in table
 
 
 def test_steps_refuse_to_go_on_from_out_of_date_outputs(tmp_path, tiny_hf, tiny_csv, capsys):
@@ -231,6 +238,12 @@ def test_two_step_prune_flow_uses_the_flags_and_config(tmp_path, tiny_hf, tiny_c
     accuracy = json.loads((r / "evaluate.json").read_text())["accuracy"]
     assert accuracy["pruned"] == pytest.approx(accuracy["pruned_onnx"], abs=0.1)
     assert run("report", "--run", r) == 0 and (r / "training_1.png").exists()
+    # the two-step model, already converted by prune, quantized by convert, then again by nothing
+    assert run("convert", "--run", r, "--quantize", "int8") == 0
+    assert run("convert", "--run", r, "--quantize", "int8") == 0 and "already int8" in capsys.readouterr().out
+    assert run("export", "--run", r) == 0 and run("evaluate", "--run", r) == 0
+    accuracy = json.loads((r / "evaluate.json").read_text())["accuracy"]
+    assert accuracy["pruned"] == pytest.approx(accuracy["pruned_onnx"], abs=0.1)
 
 
 def test_distilled_prune_matches_hidden_states_and_serves_logits_only(tmp_path, tiny_hf, tiny_csv, recwarn):

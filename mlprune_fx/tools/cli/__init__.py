@@ -41,6 +41,12 @@ def _resumable(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _quantize(parser: argparse.ArgumentParser, when: str = "") -> None:
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="run every kept encoder linear with int8 weights (per output channel) and int8 activations "
+                        "quantized on the fly; pooler and classifier stay float32" + (f" ({when})" if when else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mlprune_fx.passes.lower_blocks import DEFAULT_MAX_DENSITY
 
@@ -101,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _resumable(p)
     add_data_arguments(p)
 
-    p = sub.add_parser("convert", help="remove what was pruned", description="Freeze the masks, drop pruned heads and rows, run sparse blocks on the native kernel; writes RUN/converted.")
+    p = sub.add_parser("convert", help="remove what was pruned", description="Freeze the masks, drop pruned heads and rows, run sparse blocks on the native kernel, optionally in int8; writes RUN/converted.")
     _common(p, device=False)
     p.add_argument("--input", help="a prepared checkpoint (default RUN/prepared)")
     p.add_argument("--output", help="where to write (default RUN/converted)")
@@ -109,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"matrices with a smaller share of kept blocks run block-sparse (default {DEFAULT_MAX_DENSITY})")
     p.add_argument("--lower-blocks", dest="lower_blocks", action="store_true", default=None, help="require the native kernel")
     p.add_argument("--no-lower-blocks", dest="lower_blocks", action="store_false", help="keep every matrix dense")
+    _quantize(p)
 
-    p = sub.add_parser("export", help="write the ONNX model", description="Export RUN/converted to RUN/model.onnx with dynamic batch and sequence, and the dense model it was pruned from (prune's --model, else RUN/dense) to RUN/dense.onnx.")
+    p = sub.add_parser("export", help="write the ONNX model", description="Export RUN/converted to RUN/model.onnx with dynamic batch and sequence; the dense model it was pruned from (prune's --model, else RUN/dense) to RUN/dense.onnx, and that through ONNX Runtime's quantize_dynamic to RUN/dense_ort_int8.onnx, for comparisons.")
     _common(p, device=False)
     p.add_argument("--input", help="a converted checkpoint (default RUN/converted)")
     p.add_argument("--output", help="ONNX file (default RUN/model.onnx)")
     p.add_argument("--standard-ops", action="store_true", help="no custom ops: block-sparse matrices as standard ONNX ops")
+    _quantize(p, "quantize the converted model first, if convert did not")
 
     p = sub.add_parser("evaluate", help="accuracy of dense, pruned and ONNX models", description="Accuracy on a split of the run's data: the pruned model (PyTorch and ONNX) and the dense model it was pruned from (prune's --model, else RUN/dense).")
     _common(p)

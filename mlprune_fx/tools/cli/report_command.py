@@ -27,7 +27,10 @@ def write_report(run: RunDir, out: Path | None = None) -> Path:
     ms = bench.get("ms", {})
     sizes = bench.get("sizes_mib", {})
     rows = []
-    for name, label in (("dense", "dense"), ("pruned", "pruned")):
+    pruned = "pruned, int8" if (run.read("export") or {}).get("quantization") else "pruned"
+    for name, label in (("dense", "dense"), ("dense_ort_int8", "dense, ONNX Runtime quantize_dynamic"), ("pruned", pruned)):
+        if name not in acc and name not in ms:
+            continue
         rows.append([
             label,
             f"{acc[name]:.2%}" if name in acc else "",
@@ -40,6 +43,8 @@ def write_report(run: RunDir, out: Path | None = None) -> Path:
             lines += [f"dense: the model `prune --model` started from, `{evaluate['dense_model']}`", ""]
         if "dense" in ms and "pruned" in ms:
             lines += [f"speed-up {ms['dense'] / ms['pruned']:.2f}x at batch {bench['batch']} x sequence {bench['seq']}, {bench['threads']} threads; {bench['machine']}", ""]
+        if "dense_ort_int8" in ms and "pruned" in ms:
+            lines += [f"against the dense model through quantize_dynamic: {ms['dense_ort_int8'] / ms['pruned']:.2f}x", ""]
     model_path = run.converted if run.converted.exists() else run.prepared
     if model_path.exists():
         model = load(model_path)
@@ -54,7 +59,10 @@ def write_report(run: RunDir, out: Path | None = None) -> Path:
                               remaining=None)
                 lines += [f"![training, step {i + 1}]({name})", ""]
     if "dense" in acc and "pruned" in acc and "dense" in ms and "pruned" in ms:
-        plot_tradeoff([("dense", ms["dense"], acc["dense"]), ("pruned", ms["pruned"], acc["pruned"])], run.root / "tradeoff.png")
+        points = [("dense", ms["dense"], acc["dense"]), (pruned, ms["pruned"], acc["pruned"])]
+        if "dense_ort_int8" in ms and "dense_ort_int8" in acc:
+            points.insert(1, ("dense, quantize_dynamic", ms["dense_ort_int8"], acc["dense_ort_int8"]))
+        plot_tradeoff(points, run.root / "tradeoff.png")
         lines += ["![accuracy vs latency](tradeoff.png)", ""]
     if len(lines) <= 2:
         raise CLIError(f"{run.root} holds no results yet: run finetune / prune / convert / evaluate / bench first")

@@ -43,6 +43,11 @@ class RunDir:
     def dense_onnx(self) -> Path:
         return self.root / "dense.onnx"
 
+    @property
+    def dense_ort_int8(self) -> Path:
+        """The dense model through ONNX Runtime's quantize_dynamic: what a user would deploy without pruning."""
+        return self.root / "dense_ort_int8.onnx"
+
     def record(self, name: str) -> Path:
         return self.root / f"{name}.json"
 
