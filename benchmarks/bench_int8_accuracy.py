@@ -11,6 +11,10 @@ checkpoint and the converted model of each cell) and, per dataset, scores on the
 then times them all, one ONNX Runtime session open at a time, in alternating rounds
 (`mlprune_fx.tools.benchmarking.time_sessions`). Int8 is judged against its own fp32 parent.
 
+--activations-per-row also scores each int8 model in torch with its dense linears' activations
+quantized per token row instead of per tensor (the block-sparse kernel's rule, emulated by its
+reference): which granularity the dense path should use, measured.
+
     python -m benchmarks.bench_int8_accuracy out/int8_rt out/int8_tweets
 """
 
@@ -28,9 +32,31 @@ import mlprune_fx as mp
 from benchmarks import bench_accuracy
 from mlprune_fx.passes.graph_utils import copy_graph_module
 from mlprune_fx.passes.quantize_linears import quantize_linears
+from mlprune_fx.runtime import int8
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_sessions
 from mlprune_fx.tools.cli.deploy_commands import ort_quantize_dynamic
 from mlprune_fx.tools.data import load_dataset
+from mlprune_fx.training import accuracy
+
+
+@torch.library.custom_op("mlprune_bench::int8_linear_rows", mutates_args=())
+def int8_linear_rows(x: torch.Tensor, weight_t: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`int8_linear` with X quantized per row, as the block-sparse kernel quantizes it."""
+    q, scale, zp = int8.quantize_rows_reference(x)
+    exact = (q.to(torch.float64) - zp[..., None].to(torch.float64)) @ weight_t.to(torch.float64)
+    y = exact.to(torch.float32) * (scale[..., None] * w_scale)
+    return y + bias if bias is not None else y
+
+
+def per_row_accuracy(gm: torch.fx.GraphModule, data) -> float:
+    """Test accuracy in torch with every dense int8 linear quantizing its activations per row."""
+    gm = copy_graph_module(gm)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.mlprune.int8_linear.default:
+            node.target = torch.ops.mlprune_bench.int8_linear_rows.default
+    gm.recompile()
+    with torch.no_grad():
+        return accuracy(gm, [{k: v for k, v in b.items()} for b in data.test])
 
 
 def models_of(run: Path, dataset: str) -> dict[str, Path]:
@@ -64,10 +90,15 @@ def study(run: Path, args, header: str) -> list[list[object]]:
             paths = {name: mp.export_onnx(gm, tmp / f"{i}.onnx", example) for i, (name, (_, gm)) in enumerate(graphs.items())}
             paths["dense ORT quantize_dynamic"] = ort_quantize_dynamic(paths["dense fp32"], tmp / "dense_qd.onnx")
             kept = {name: share for name, (share, _) in graphs.items()} | {"dense ORT quantize_dynamic": 1.0}
-            accuracy = {}
+            scores = {}
             for name, path in paths.items():
-                accuracy[name] = bench_accuracy.ort_accuracy(mp.runtime.InferenceSession(path, num_threads=args.threads), data.test)
-                print(f"{dataset} {name}: test {accuracy[name]:.2%}", flush=True)
+                scores[name] = bench_accuracy.ort_accuracy(mp.runtime.InferenceSession(path, num_threads=args.threads), data.test)
+                print(f"{dataset} {name}: test {scores[name]:.2%}", flush=True)
+            if args.activations_per_row:
+                for name, (_, gm) in graphs.items():
+                    if name.endswith("int8"):
+                        print(f"{dataset} {name}, activations per row (torch): test {per_row_accuracy(gm, data):.2%} "
+                              f"(per tensor: {scores[name]:.2%})", flush=True)
             feeds = bench_accuracy.latency_feeds(mp.runtime.InferenceSession(paths["dense fp32"]), dense.config.vocab_size,
                                                  args.batch, args.seq, settings.seed)
 
@@ -83,8 +114,8 @@ def study(run: Path, args, header: str) -> list[list[object]]:
             n for n in paths if n.split()[0] != "dense"]
         for name in order:
             parent = name.replace("int8", "fp32").replace("ORT quantize_dynamic", "fp32").replace("mlprune_fx ", "")
-            delta = (accuracy[name] - accuracy[parent]) * 100 if parent != name else None
-            rows.append([dataset, name, f"{kept[name]:.1%}", f"{accuracy[name]:.2%}", "-" if delta is None else f"{delta:+.2f}",
+            delta = (scores[name] - scores[parent]) * 100 if parent != name else None
+            rows.append([dataset, name, f"{kept[name]:.1%}", f"{scores[name]:.2%}", "-" if delta is None else f"{delta:+.2f}",
                          f"{ms[name]:.1f}", f"{ms['dense fp32'] / ms[name]:.2f}x",
                          f"{ms['dense ORT quantize_dynamic'] / ms[name]:.2f}x", f"{sizes[name]:.1f}"])
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
@@ -99,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--activations-per-row", action="store_true",
+                   help="also score each int8 model in torch with per-row activation quantization on its dense linears")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     header = machine_header(args.threads)
     print(header, flush=True)

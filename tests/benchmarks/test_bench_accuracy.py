@@ -73,8 +73,9 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
 
     capsys.readouterr()
     bench_int8_accuracy.main([str(tmp_path), "--threads", "1", "--batch", "1", "--seq", "8", "--rounds", "1",
-                              "--repeats", "1"])
+                              "--repeats", "1", "--activations-per-row"])
     out = capsys.readouterr().out
+    assert "0.5 int8, activations per row (torch): test" in out
     for model in ("dense fp32", "dense ORT quantize_dynamic", "dense mlprune_fx int8", "0.5 fp32", "0.5 int8"):
         assert f"| rotten_tomatoes | {model} |" in out
     # mlprune's options reached prepare and train, and the results record them
