@@ -110,7 +110,7 @@ def main() -> None:
             parser.error(f"{lib} is not a file: build the library (make native) and copy it first")
 
     model, example = bert_base(args.layers)
-    dense, pruned, ratio = build(model, example, KEEP_STEP1, KEEP_STEP2, BLOCK, MAX_BLOCK_DENSITY)
+    dense, pruned, ratio, _, _ = build(model, example, KEEP_STEP1, KEEP_STEP2, BLOCK, MAX_BLOCK_DENSITY)
     libs = {"before": str(args.before.resolve()), "after": str(args.after.resolve())}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: mp.export_onnx(m, Path(tmp) / f"{k}.onnx", example) for k, m in (("dense", dense), ("pruned", pruned))}
