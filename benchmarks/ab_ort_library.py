@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 import mlprune_fx as mp
-from benchmarks.bench_end_to_end import BLOCK, KEEP_STEP1, KEEP_STEP2, MAX_BLOCK_DENSITY, bert_base, build
+from benchmarks.bench_end_to_end import BLOCK, KEEP_STEP1, KEEP_STEP2, MAX_BLOCK_DENSITY, bert_base, build, quantized
 from mlprune_fx.tools.benchmarking import machine_header, time_sessions
 
 KINDS = ("Q", "K", "V", "O", "FFN1", "FFN2")
@@ -51,7 +51,7 @@ def kinds(model: Path) -> dict[str, str]:
     """Node name -> matrix kind: the exporter writes each layer's six linears in the order of KINDS."""
     import onnx
 
-    nodes = [n for n in onnx.load(str(model)).graph.node if n.op_type == "BlockSparseLinear"]
+    nodes = [n for n in onnx.load(str(model)).graph.node if n.op_type in ("BlockSparseLinear", "BlockSparseLinearInt8")]
     if len(nodes) % len(KINDS):
         raise SystemExit(f"{len(nodes)} block-sparse nodes, not six per layer: --by-kind needs the end-to-end model")
     return {n.name: KINDS[i % len(KINDS)] for i, n in enumerate(nodes)}
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--int8", action="store_true", help="the pruned model with int8 linears (convert's quantize='int8')")
     parser.add_argument("--by-kind", action="store_true",
                         help="time each matrix kind with ONNX Runtime's profiler, rounds alternating the libraries")
     args = parser.parse_args()
@@ -111,6 +112,8 @@ def main() -> None:
 
     model, example = bert_base(args.layers)
     dense, pruned, ratio, _, _ = build(model, example, KEEP_STEP1, KEEP_STEP2, BLOCK, MAX_BLOCK_DENSITY)
+    if args.int8:
+        pruned = quantized(pruned)
     libs = {"before": str(args.before.resolve()), "after": str(args.after.resolve())}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {k: mp.export_onnx(m, Path(tmp) / f"{k}.onnx", example) for k, m in (("dense", dense), ("pruned", pruned))}

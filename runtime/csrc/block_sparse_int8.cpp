@@ -36,6 +36,7 @@ struct Int8Tile {
   const float* res;  // or nullptr
   int64_t ldr;
   bool prefetch_w;  // a task's first tile: its row-block's W is not in cache yet
+  bool stream;      // write y with streaming stores (Int8Plan)
 };
 using Int8TileFn = void (*)(const Int8Tile&);
 
@@ -122,7 +123,10 @@ MLP_AVX512 __attribute__((noinline)) void dequantize_avx512(const Int8Tile& t, c
       if (t.bias) y = _mm512_add_ps(y, bias[v]);
       if (t.act == Activation::kGelu) y = gelu512(y);
       if (t.res) y = _mm512_add_ps(y, _mm512_loadu_ps(t.res + m * t.ldr + 16 * v));
-      _mm512_storeu_ps(t.y + m * t.ldy + 16 * v, y);
+      if (t.stream)
+        _mm512_stream_ps(t.y + m * t.ldy + 16 * v, y);
+      else
+        _mm512_storeu_ps(t.y + m * t.ldy + 16 * v, y);
     }
   }
 }
@@ -185,7 +189,10 @@ MLP_AVX2 __attribute__((noinline)) void dequantize_avx2(const Int8Tile& t, const
       if (t.bias) y = _mm256_add_ps(y, _mm256_loadu_ps(t.bias + 8 * v));
       if (t.act == Activation::kGelu) y = gelu256(y);
       if (t.res) y = _mm256_add_ps(y, _mm256_loadu_ps(t.res + m * t.ldr + 8 * v));
-      _mm256_storeu_ps(t.y + m * t.ldy + 8 * v, y);
+      if (t.stream)
+        _mm256_stream_ps(t.y + m * t.ldy + 8 * v, y);
+      else
+        _mm256_storeu_ps(t.y + m * t.ldy + 8 * v, y);
     }
   }
 }
@@ -380,6 +387,12 @@ Int8Plan::Int8Plan(const BsrInt8Args& args, int64_t max_parts) : a_(args), isa_(
   const int64_t budget_rows = l2_bytes() / 2 / std::max<int64_t>(1, a_.in_features);
   tile_rows_ = std::max<int64_t>(1, budget_rows / mr_) * mr_;
   tile_rows_ = std::min(tile_rows_, ((a_.rows + mr_ - 1) / mr_) * mr_);
+  // A cold residual with W within half an L2: one row tile across every row-block, in row order, as
+  // the fp32 plan does (Plan::Plan).
+  const bool cold_output = a_.rows * a_.out_features * static_cast<int64_t>(sizeof(float)) >= std::min<int64_t>(l2_bytes(), 1 << 20);
+  if (a_.residual && a_.y_raw == nullptr && cold_output && a_.nnzb * b * b <= l2_bytes() / 2) tile_rows_ = mr_;
+  stream_ = a_.y_raw == nullptr && isa_ != Isa::kScalar &&
+            streams_output(isa_, a_.y, a_.residual, a_.rows, a_.out_features);
   bounds_ = balance_parts(a_.row_ptr, row_blocks_, a_.rows, tile_rows_, max_parts);
 }
 
@@ -414,6 +427,7 @@ void Int8Plan::run_part(int64_t part) const {
     tile.ldy = a_.out_features;
     tile.act = a_.activation;
     tile.ldr = a_.out_features;
+    tile.stream = stream_;
     for (int64_t m0 = row0; m0 < row_end; m0 += mr_) {
       const int64_t rows = std::min(mr_, row_end - m0);
       tile.prefetch_w = m0 == row0;
@@ -430,6 +444,7 @@ void Int8Plan::run_part(int64_t part) const {
       table[rows](tile);
     }
   }
+  if (stream_) _mm_sfence();  // streaming stores are weakly ordered: done before the caller joins
 }
 
 }  // namespace mlprune

@@ -438,9 +438,13 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // They need 64-byte lines: an aligned y suffices, as rows and blocks are 16 or 32 floats apart.
   // Written in place of the residual (ONNX Runtime may reuse its buffer), y's lines are already in
   // cache from the residual's read: plain stores hit them there, where streaming would evict them.
-  stream_ = isa_ != Isa::kScalar && cold_output && a_.y != a_.residual &&
-            reinterpret_cast<uintptr_t>(a_.y) % 64 == 0;
+  stream_ = streams_output(isa_, a_.y, a_.residual, a_.rows, a_.out_features);
   bounds_ = balance_parts(a_.row_ptr, row_blocks_, a_.rows, tile_rows_, max_parts);
+}
+
+bool streams_output(Isa isa, const float* y, const float* residual, int64_t rows, int64_t out_features) {
+  const bool cold = rows * out_features * static_cast<int64_t>(sizeof(float)) >= std::min(l2_bytes(), kColdOutputBytes);
+  return isa != Isa::kScalar && cold && y != residual && reinterpret_cast<uintptr_t>(y) % 64 == 0;
 }
 
 std::vector<int64_t> balance_parts(const int64_t* row_ptr, int64_t row_blocks, int64_t rows,

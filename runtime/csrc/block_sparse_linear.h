@@ -74,6 +74,9 @@ std::string validate(const BsrLinearArgs& a, const std::vector<int64_t>& values_
 std::vector<int64_t> balance_parts(const int64_t* row_ptr, int64_t row_blocks, int64_t rows,
                                    int64_t tile_rows, int64_t max_parts);
 int64_t l2_bytes();  // one core's L2 (1 MB when the system does not say)
+// Whether a plan writes y with streaming stores: a cold output (over the L2 or 1 MB) not written in
+// place of its residual, on a vector path, at a 64-byte-aligned y (see Plan::Plan).
+bool streams_output(Isa isa, const float* y, const float* residual, int64_t rows, int64_t out_features);
 
 class Plan {
  public:
@@ -155,6 +158,7 @@ class Int8Plan {
   int64_t mr_ = 1;
   int64_t tile_rows_ = 1;
   int64_t row_blocks_ = 0;
+  bool stream_ = false;  // y written with streaming stores
   std::vector<int64_t> bounds_;
 };
 

@@ -86,6 +86,20 @@ def test_dequantized_op_matches_the_reference(isa, rows, rb, cb, b, density, bia
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6 * scale)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_cold_outputs_streamed_and_row_ordered_match_the_reference(isa, residual):
+    """An output over 1 MB is written with streaming stores, and with a residual in row-ordered tasks."""
+    rows, rb, cb, b = 1100, 12, 6, 32
+    packed, x = _case(rows, rb, cb, b, 0.5, seed=7)
+    g = torch.Generator().manual_seed(8)
+    bias, res = torch.randn(rb * b, generator=g), torch.randn(rows, rb * b, generator=g) if residual else None
+    assert rows * rb * b * 4 > 2**20
+    y = int8.block_sparse_linear_int8(x, packed, bias, "gelu", res)
+    ref = int8.block_sparse_linear_int8_reference(x, packed.values, packed.row_ptr, packed.col_idx, packed.w_scale,
+                                                  packed.w_sum, bias, rb * b, "gelu", res)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6 * max(1.0, float(ref.abs().max())))
+
+
 def test_int8_is_close_to_float(isa):
     """Quantization error of the whole op against the float linear it stands for: a few tenths of a percent."""
     weight = torch.randn(256, 384, generator=torch.Generator().manual_seed(0)) * 0.05
