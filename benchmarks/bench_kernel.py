@@ -184,6 +184,15 @@ def _ort_ms(models: dict[str, tuple[bytes, bool, torch.Tensor]], x: np.ndarray, 
     return ms
 
 
+def block_mask(shape, rows, density, block) -> torch.Tensor:
+    """A random mask keeping round(density x blocks) blocks, the same for every run of one row."""
+    rb, cb = shape[0] // block, shape[1] // block
+    gen = torch.Generator().manual_seed(hash((shape, rows, density, block)) & 0xFFFF)
+    mask = torch.zeros(rb * cb, dtype=torch.int32)
+    mask[torch.rand(rb * cb, generator=gen).topk(max(1, round(density * rb * cb))).indices] = 1
+    return mask.view(rb, cb)
+
+
 def bench_row(shape, rows, density, block, threads, cache, rng):
     out_f, in_f = shape
     key = (shape, rows)
@@ -194,12 +203,7 @@ def bench_row(shape, rows, density, block, threads, cache, rng):
     weight, x, dense_onnx, dense_y, torch_dense_ms = cache[key]
 
     rb, cb = out_f // block, in_f // block
-    gen = torch.Generator().manual_seed(hash((shape, rows, density, block)) & 0xFFFF)
-    scores = torch.rand(rb, cb, generator=gen).flatten()
-    keep = max(1, round(density * rb * cb))
-    mask = torch.zeros(rb * cb, dtype=torch.int32)
-    mask[scores.topk(keep).indices] = 1
-    mask = mask.view(rb, cb)
+    mask = block_mask(shape, rows, density, block)
     packed = ops.pack_blocks(weight, mask, block)
     w_masked = ops.unpack_blocks(packed)
     expected = F.linear(x, w_masked)
@@ -232,11 +236,7 @@ def bench_int8_row(shape, rows, density, block, threads, cache, rng):
         x = torch.from_numpy(rng.standard_normal((rows, in_f), dtype=np.float32))
         cache[key] = (weight, x, dense_model(weight.numpy()), int8_dense_model(weight), F.linear(x, weight))
     weight, x, dense_onnx, dense_int8_onnx, dense_y = cache[key]
-    rb, cb = out_f // block, in_f // block
-    gen = torch.Generator().manual_seed(hash((shape, rows, density, block)) & 0xFFFF)
-    mask = torch.zeros(rb * cb, dtype=torch.int32)
-    mask[torch.rand(rb * cb, generator=gen).topk(max(1, round(density * rb * cb))).indices] = 1
-    mask = mask.view(rb, cb)
+    mask = block_mask(shape, rows, density, block)
     packed = ops.pack_blocks(weight, mask, block)
     packed8 = int8.pack_blocks_int8(weight, mask, block)
     expected = F.linear(x, ops.unpack_blocks(packed))

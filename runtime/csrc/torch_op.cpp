@@ -89,6 +89,20 @@ Int8Blocks int8_blocks(const char* op, const at::Tensor& values, const at::Tenso
   return {values.contiguous(), row_ptr.contiguous(), col_idx.contiguous()};
 }
 
+// The shape and block fields both int8 ops fill alike, from X's last dim and the packed blocks.
+mlprune::BsrInt8Args int8_args(const Int8Blocks& blocks, const at::Tensor& xc, int64_t out_features) {
+  mlprune::BsrInt8Args a;
+  a.in_features = xc.size(-1);
+  a.rows = a.in_features > 0 ? xc.numel() / a.in_features : 0;
+  a.out_features = out_features;
+  a.values = blocks.values.data_ptr<int8_t>();
+  a.row_ptr = blocks.row_ptr.data_ptr<int64_t>();
+  a.col_idx = blocks.col_idx.data_ptr<int64_t>();
+  a.nnzb = blocks.col_idx.numel();
+  a.block = blocks.values.dim() == 4 ? blocks.values.size(2) : 0;
+  return a;
+}
+
 void run_int8(const mlprune::BsrInt8Args& a) {
   const mlprune::Int8Plan plan(a, at::get_num_threads());
   at::parallel_for(0, plan.num_parts(), 1, [&](int64_t begin, int64_t end) {
@@ -114,18 +128,10 @@ at::Tensor block_sparse_linear_int8(const at::Tensor& x, const at::Tensor& value
     TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1, op, ": bias must be a 1-D float32 tensor");
     bc = bias->contiguous();
   }
-  mlprune::BsrInt8Args a;
-  a.in_features = x.size(-1);
-  a.rows = a.in_features > 0 ? xc.numel() / a.in_features : 0;
-  a.out_features = out_features;
-  a.values = blocks.values.data_ptr<int8_t>();
-  a.row_ptr = blocks.row_ptr.data_ptr<int64_t>();
-  a.col_idx = blocks.col_idx.data_ptr<int64_t>();
-  a.nnzb = blocks.col_idx.numel();
+  mlprune::BsrInt8Args a = int8_args(blocks, xc, out_features);
   a.w_scale = sc.data_ptr<float>();
   a.w_sum = wc.data_ptr<int32_t>();
   a.bias = bc.defined() ? bc.data_ptr<float>() : nullptr;
-  a.block = blocks.values.dim() == 4 ? blocks.values.size(2) : 0;
   const std::string err = mlprune::validate_int8(a, blocks.values.sizes().vec(), blocks.row_ptr.numel(),
                                                  blocks.col_idx.numel(), bc.defined() ? bc.numel() : -1,
                                                  sc.numel(), wc.numel());
@@ -157,15 +163,7 @@ at::Tensor block_sparse_matmul_u8s8(const at::Tensor& x_q, const at::Tensor& val
   TORCH_CHECK(x_q.scalar_type() == at::kByte && x_q.dim() >= 1, op, ": x_q must be uint8 with at least one dim");
   const Int8Blocks blocks = int8_blocks(op, values, row_ptr, col_idx);
   const auto xc = x_q.contiguous();
-  mlprune::BsrInt8Args a;
-  a.in_features = x_q.size(-1);
-  a.rows = a.in_features > 0 ? xc.numel() / a.in_features : 0;
-  a.out_features = out_features;
-  a.values = blocks.values.data_ptr<int8_t>();
-  a.row_ptr = blocks.row_ptr.data_ptr<int64_t>();
-  a.col_idx = blocks.col_idx.data_ptr<int64_t>();
-  a.nnzb = blocks.col_idx.numel();
-  a.block = blocks.values.dim() == 4 ? blocks.values.size(2) : 0;
+  mlprune::BsrInt8Args a = int8_args(blocks, xc, out_features);
   const std::string err = mlprune::validate_int8(a, blocks.values.sizes().vec(), blocks.row_ptr.numel(),
                                                  blocks.col_idx.numel(), -1, out_features, out_features);
   TORCH_CHECK(err.empty(), op, ": ", err);
