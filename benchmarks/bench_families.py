@@ -20,7 +20,7 @@ import torch
 
 import mlprune_fx as mp
 from mlprune_fx.core.pruning_state import mask_modules
-from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_sessions
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 
 MODELS = ("mpnet", "deberta", "bert")
 
@@ -90,14 +90,7 @@ def run(models, layers, hidden, heads, inter, vocab, batches, seq, threads, keep
             print(f"{name}: built, pruned and exported in {time.perf_counter() - start:.0f} s", flush=True)
             for batch in batches:
                 feeds = {k: v.numpy() for k, v in inputs(vocab, batch, seq).items()}
-
-                def opener(path):
-                    def open_session():
-                        session = mp.runtime.InferenceSession(path, num_threads=threads)
-                        return lambda: session.run(None, feeds)
-                    return open_session
-
-                ms = time_sessions({k: opener(p) for k, p in paths.items()}, rounds=rounds, runs=runs)
+                ms = time_sessions({k: session_opener(p, feeds, threads) for k, p in paths.items()}, rounds=rounds, runs=runs)
                 rows.append([name, f"{batch} x {seq}", f"{ms['dense']:.1f}", f"{ms['pruned']:.1f}",
                              f"{ms['dense'] / ms['pruned']:.2f}x", f"{report.remaining:.1%}", f"{heads_kept}/{heads_total}"])
                 print(f"  {name} {batch} x {seq}: dense {ms['dense']:.1f} ms, pruned {ms['pruned']:.1f} ms", flush=True)

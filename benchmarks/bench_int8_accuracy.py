@@ -33,7 +33,7 @@ from benchmarks import bench_accuracy
 from mlprune_fx.passes.graph_utils import copy_graph_module
 from mlprune_fx.passes.quantize_linears import quantize_linears
 from mlprune_fx.runtime import int8
-from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_sessions
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 from mlprune_fx.tools.cli.deploy_commands import ort_quantize_dynamic
 from mlprune_fx.tools.data import load_dataset
 from mlprune_fx.training import accuracy
@@ -101,14 +101,8 @@ def study(run: Path, args, header: str) -> list[list[object]]:
                               f"(per tensor: {scores[name]:.2%})", flush=True)
             feeds = bench_accuracy.latency_feeds(mp.runtime.InferenceSession(paths["dense fp32"]), dense.config.vocab_size,
                                                  args.batch, args.seq, settings.seed)
-
-            def opener(path):
-                def open_session():
-                    session = mp.runtime.InferenceSession(path, num_threads=args.threads)
-                    return lambda: session.run(None, feeds)
-                return open_session
-
-            ms = time_sessions({name: opener(p) for name, p in paths.items()}, rounds=args.rounds, runs=args.repeats)
+            ms = time_sessions({name: session_opener(p, feeds, args.threads) for name, p in paths.items()},
+                               rounds=args.rounds, runs=args.repeats)
             sizes = {name: p.stat().st_size / 2**20 for name, p in paths.items()}
         order = ["dense fp32", "dense ORT quantize_dynamic", "dense mlprune_fx int8"] + [
             n for n in paths if n.split()[0] != "dense"]

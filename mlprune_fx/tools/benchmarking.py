@@ -105,6 +105,20 @@ def time_sessions(
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def session_opener(path, feeds: dict, threads: int | None = None, **session_kwargs) -> Callable[[], Callable[[], object]]:
+    """For `time_sessions`: opens an mlprune InferenceSession on `path` and returns its run on the `feeds`
+    it takes (a model may take fewer inputs than `feeds` holds)."""
+
+    def open_session():
+        from mlprune_fx.runtime import InferenceSession
+
+        session = InferenceSession(path, num_threads=threads, **session_kwargs)
+        inputs = {i.name: feeds[i.name] for i in session.get_inputs()}
+        return lambda: session.run(None, inputs)
+
+    return open_session
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -389,10 +389,9 @@ Int8Plan::Int8Plan(const BsrInt8Args& args, int64_t max_parts) : a_(args), isa_(
   tile_rows_ = std::min(tile_rows_, ((a_.rows + mr_ - 1) / mr_) * mr_);
   // A cold residual with W within half an L2: one row tile across every row-block, in row order, as
   // the fp32 plan does (Plan::Plan).
-  const bool cold_output = a_.rows * a_.out_features * static_cast<int64_t>(sizeof(float)) >= std::min<int64_t>(l2_bytes(), 1 << 20);
-  if (a_.residual && a_.y_raw == nullptr && cold_output && a_.nnzb * b * b <= l2_bytes() / 2) tile_rows_ = mr_;
-  stream_ = a_.y_raw == nullptr && isa_ != Isa::kScalar &&
-            streams_output(isa_, a_.y, a_.residual, a_.rows, a_.out_features);
+  const bool cold = cold_output(a_.rows, a_.out_features);
+  if (a_.residual && a_.y_raw == nullptr && cold && a_.nnzb * b * b <= l2_bytes() / 2) tile_rows_ = mr_;
+  stream_ = a_.y_raw == nullptr && streams_output(isa_, a_.y, a_.residual, cold);
   bounds_ = balance_parts(a_.row_ptr, row_blocks_, a_.rows, tile_rows_, max_parts);
 }
 

@@ -422,13 +422,12 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // An output (and a residual) larger than a core's L2 is cold: it comes from and goes to memory.
   // So is one over kColdOutputBytes where the L2 is larger: the next op rarely reads it at once
   // (attention reads Q after K and V are written).
-  const bool cold_output = a_.rows * a_.out_features * static_cast<int64_t>(sizeof(float)) >=
-                           std::min(l2_bytes(), kColdOutputBytes);
+  const bool cold = cold_output(a_.rows, a_.out_features);
   // A cold residual with a W that stays in L2: a task is one row tile across every row-block, so
   // the residual is read and y written whole rows in order, which the hardware prefetcher follows
   // (BERT-base's attention output at batch 8 x 128: -15 %). Without a residual, or with a warm
   // one, W's reloads from L2 cost more than this saves.
-  if (a_.residual && cold_output && a_.nnzb * b * b * static_cast<int64_t>(sizeof(float)) <= l2_bytes() / 2)
+  if (a_.residual && cold && a_.nnzb * b * b * static_cast<int64_t>(sizeof(float)) <= l2_bytes() / 2)
     tile_rows_ = mr_;
   can_pack_ = isa_ >= Isa::kAvx512 && mr_ == kPackRows;
   // A plain store to a cold line first reads it from memory; that read and the write-back compete
@@ -438,12 +437,15 @@ Plan::Plan(const BsrLinearArgs& args, int64_t max_parts) : a_(args), isa_(active
   // They need 64-byte lines: an aligned y suffices, as rows and blocks are 16 or 32 floats apart.
   // Written in place of the residual (ONNX Runtime may reuse its buffer), y's lines are already in
   // cache from the residual's read: plain stores hit them there, where streaming would evict them.
-  stream_ = streams_output(isa_, a_.y, a_.residual, a_.rows, a_.out_features);
+  stream_ = streams_output(isa_, a_.y, a_.residual, cold);
   bounds_ = balance_parts(a_.row_ptr, row_blocks_, a_.rows, tile_rows_, max_parts);
 }
 
-bool streams_output(Isa isa, const float* y, const float* residual, int64_t rows, int64_t out_features) {
-  const bool cold = rows * out_features * static_cast<int64_t>(sizeof(float)) >= std::min(l2_bytes(), kColdOutputBytes);
+bool cold_output(int64_t rows, int64_t out_features) {
+  return rows * out_features * static_cast<int64_t>(sizeof(float)) >= std::min(l2_bytes(), kColdOutputBytes);
+}
+
+bool streams_output(Isa isa, const float* y, const float* residual, bool cold) {
   return isa != Isa::kScalar && cold && y != residual && reinterpret_cast<uintptr_t>(y) % 64 == 0;
 }
 

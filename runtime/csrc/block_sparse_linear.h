@@ -74,9 +74,11 @@ std::string validate(const BsrLinearArgs& a, const std::vector<int64_t>& values_
 std::vector<int64_t> balance_parts(const int64_t* row_ptr, int64_t row_blocks, int64_t rows,
                                    int64_t tile_rows, int64_t max_parts);
 int64_t l2_bytes();  // one core's L2 (1 MB when the system does not say)
-// Whether a plan writes y with streaming stores: a cold output (over the L2 or 1 MB) not written in
-// place of its residual, on a vector path, at a 64-byte-aligned y (see Plan::Plan).
-bool streams_output(Isa isa, const float* y, const float* residual, int64_t rows, int64_t out_features);
+// A rows x out_features float output over the L2 (or 1 MB): it comes from and goes to memory (see Plan::Plan).
+bool cold_output(int64_t rows, int64_t out_features);
+// Whether a plan writes y with streaming stores: a cold output not written in place of its residual,
+// on a vector path, at a 64-byte-aligned y (see Plan::Plan).
+bool streams_output(Isa isa, const float* y, const float* residual, bool cold);
 
 class Plan {
  public:

@@ -15,7 +15,7 @@ from mlprune_fx.passes.graph_utils import copy_graph_module
 from mlprune_fx.passes.lower_blocks import DEFAULT_MAX_DENSITY
 from mlprune_fx.passes.quantize_linears import quantize_linears
 from mlprune_fx.runtime import InferenceSession
-from mlprune_fx.tools.benchmarking import machine_header, time_sessions
+from mlprune_fx.tools.benchmarking import machine_header, session_opener, time_sessions
 from mlprune_fx.training import accuracy
 
 from .inputs import check_device, data_spec, encoded, eval_batches, load_dense_reference, load_splits, split_accuracy
@@ -180,14 +180,8 @@ def bench_command(args: argparse.Namespace) -> None:
     ids = torch.randint(1000, 20000, (args.batch, args.seq))
     feeds_all = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy(), "token_type_ids": torch.zeros_like(ids).numpy()}
 
-    def opener(path: Path):
-        def open_session():
-            session = InferenceSession(path, num_threads=args.threads)
-            feeds = {i.name: feeds_all[i.name] for i in session.get_inputs()}
-            return lambda: session.run(None, feeds)
-        return open_session
-
-    ms = time_sessions({k: opener(p) for k, p in paths.items()}, rounds=args.rounds, runs=args.repeats)
+    ms = time_sessions({k: session_opener(p, feeds_all, args.threads) for k, p in paths.items()}, rounds=args.rounds,
+                       runs=args.repeats)
     header = machine_header(args.threads)
     print(header)
     for name, value in ms.items():
