@@ -133,6 +133,52 @@ def _export_graph(gm: fx.GraphModule, spec: dict[str, dict[str, Any]]):
     return artifact.exported_program, tensors
 
 
+def _weight_reads(gm: fx.GraphModule) -> dict[str, tuple[str, int]]:
+    """Each call node that takes an attribute as its second argument (a linear's weight, a block-sparse
+    matrix's values): node name -> (that attribute, which of its uses in graph order)."""
+    uses: dict[str, int] = {}
+    reads = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and len(node.args) > 1 and isinstance(node.args[1], fx.Node) \
+                and node.args[1].op == "get_attr":
+            target = node.args[1].target
+            reads[node.name] = (target, uses.get(target, 0))
+            uses[target] = uses.get(target, 0) + 1
+    return reads
+
+
+def _site_anchors(gm: fx.GraphModule, state: PruningState) -> dict[str, list]:
+    """Each linear site's node by what it reads (see `_weight_reads`): torch.export renames nodes on the
+    way through save and load, attributes keep their names, so load finds every site again."""
+    reads = _weight_reads(gm)
+    sites = [site for lm in state.linears for site in lm.nodes]
+    return {site: list(reads[name]) for site in sites if (name := state.renamed.get(site, site)) in reads}
+
+
+def _rename_sites(gm: fx.GraphModule, state: PruningState, anchors: dict[str, list]) -> None:
+    """Point `state.renamed` at the loaded graph's nodes, so passes run after load act on the right ones."""
+    by_anchor = {read: name for name, read in _weight_reads(gm).items()}
+    for site, (target, use) in anchors.items():
+        name = by_anchor.get((target, use))
+        if name is None:
+            raise CheckpointError(f"the saved graph has no node reading {target} (use {use}) for linear {site}: "
+                                  "the checkpoint is inconsistent; save the model again")
+        state.renamed[site] = name
+
+
+def _derived_anchors(gm: fx.GraphModule, state: PruningState) -> dict[str, list]:
+    """Anchors for a checkpoint saved before they were: each site's node is the use, in graph order, of an
+    attribute of its weight's module (the weight, or what lowering and quantizing put beside it)."""
+    reads = _weight_reads(gm)
+    anchors = {}
+    for lm in state.linears:
+        owner = lm.site.weight.rpartition(".")[0] + "."
+        found = [read for read in reads.values() if read[0].startswith(owner) and read[0].count(".") == owner.count(".")]
+        for site, read in zip(lm.nodes, found):
+            anchors[site] = list(read)
+    return anchors
+
+
 _IMPORTABLE = ("transformers.", "mlprune_fx.")
 
 
@@ -209,6 +255,8 @@ def save(model: fx.GraphModule, directory: str | os.PathLike) -> Path:
         "inputs": _input_spec(model),
         "pytree_modules": _pytree_modules(model),
     }
+    if state.stage == "converted":
+        manifest["site_anchors"] = _site_anchors(model, state)
     frozen = {k: v.detach().cpu().contiguous() for k, v in state.frozen.items()}
     if state.stage == "prepared":
         source = manifest["source"]
@@ -360,6 +408,10 @@ def _load_converted(directory: Path, manifest, state: PruningState, tensors) -> 
     for name in ("train", "eval"):
         gm.__dict__.pop(name, None)
     gm.eval()
+    if "site_anchors" in manifest:
+        _rename_sites(gm, state, manifest["site_anchors"])
+    else:
+        _rename_sites(gm, state, _derived_anchors(gm, state))
     gm.meta[META_KEY] = state
     gm.meta[SOURCE_KEY] = manifest["source"]
     return gm

@@ -56,6 +56,37 @@ def test_converted_model_round_trips_with_block_sparse_ops(tmp_path, prepared):
     assert kinds == {".json", ".safetensors"}, "no pickle anywhere"
 
 
+def _sites_read_their_own_weights(gm):
+    from mlprune_fx.core.pruning_state import pruning_state
+
+    state, nodes = pruning_state(gm), {n.name: n for n in gm.graph.nodes}
+    for lm in state.linears:
+        for site in lm.nodes:
+            node = nodes[state.renamed.get(site, site)]
+            assert node.args[1].target.startswith(lm.site.weight.rpartition(".")[0] + "."), (site, node.args[1].target)
+
+
+@pytest.mark.parametrize("saved_before_anchors", [False, True])
+def test_passes_after_load_find_every_linear_although_export_renamed_the_nodes(tmp_path, prepared, saved_before_anchors):
+    """Node names change through torch.export; quantizing a loaded model must still reach each linear's own node."""
+    from mlprune_fx.passes.graph_utils import copy_graph_module
+    from mlprune_fx.passes.quantize_linears import quantize_linears
+
+    converted = mp.convert(prepared)
+    mp.save(converted, tmp_path / "c")
+    if saved_before_anchors:  # what an earlier mlprune_fx wrote: the anchors are derived on load instead
+        manifest = json.loads((tmp_path / "c" / "mlprune.json").read_text())
+        del manifest["site_anchors"]
+        (tmp_path / "c" / "mlprune.json").write_text(json.dumps(manifest))
+    loaded = mp.load(tmp_path / "c")
+    names = {n.name for n in loaded.graph.nodes}
+    assert any(n not in names for n in {n.name for n in converted.graph.nodes}), "export kept every name: no test"
+    _sites_read_their_own_weights(loaded)
+    x = example_inputs(3, 13, seed=1)
+    expected = logits_of(quantize_linears(copy_graph_module(converted))(**x))
+    torch.testing.assert_close(logits_of(quantize_linears(loaded)(**x)), expected, atol=1e-5, rtol=0)
+
+
 def test_converted_model_reloads_without_its_class(tmp_path):
     torch.manual_seed(0)
     ids = {"input_ids": torch.randint(0, 50, (3, 9))}
