@@ -408,10 +408,8 @@ def _load_converted(directory: Path, manifest, state: PruningState, tensors) -> 
     for name in ("train", "eval"):
         gm.__dict__.pop(name, None)
     gm.eval()
-    if "site_anchors" in manifest:
-        _rename_sites(gm, state, manifest["site_anchors"])
-    else:
-        _rename_sites(gm, state, _derived_anchors(gm, state))
+    anchors = manifest["site_anchors"] if "site_anchors" in manifest else _derived_anchors(gm, state)
+    _rename_sites(gm, state, anchors)
     gm.meta[META_KEY] = state
     gm.meta[SOURCE_KEY] = manifest["source"]
     return gm
