@@ -86,15 +86,23 @@ def unpack_blocks_int8(values: Tensor, row_ptr: Tensor, col_idx: Tensor, out_fea
     return dense.permute(0, 3, 1, 2, 4).reshape(out_features, in_features)
 
 
-def quantize_rows_reference(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(q uint8, scale, zero point int32) per row: the rule of runtime/csrc/block_sparse_linear.h."""
-    x = x.to(torch.float32)
-    lo = torch.clamp(x.amin(dim=-1), max=0.0)
-    hi = torch.clamp(x.amax(dim=-1), min=0.0)
+def _scale_zero_point(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Asymmetric uint8 range covering [lo, hi] and zero."""
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
     scale = (hi - lo) / 255.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = torch.round(-lo / scale).clamp(0, 255)
-    q = (torch.round(x / scale[..., None]) + zp[..., None]).clamp(0, 255)
+    return scale, torch.round(-lo / scale).clamp(0, 255)
+
+
+def quantize_rows_reference(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(q uint8, scale, zero point int32) per row: the rule of runtime/csrc/block_sparse_linear.h.
+
+    Rows are multiplied by the reciprocal of their scale (cheaper than a divide per element), so q may
+    differ by one step from ONNX's x / scale.
+    """
+    x = x.to(torch.float32)
+    scale, zp = _scale_zero_point(x.amin(dim=-1), x.amax(dim=-1))
+    q = (torch.round(x * (1.0 / scale)[..., None]) + zp[..., None]).clamp(0, 255)
     return q.to(torch.uint8), scale, zp.to(torch.int32)
 
 
@@ -121,9 +129,11 @@ def block_sparse_linear_int8_reference(
 
 
 def quantize_tensor_reference(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """ONNX Runtime's DynamicQuantizeLinear: one (scale, zero point) for the whole tensor."""
-    q, scale, zp = quantize_rows_reference(x.reshape(1, -1))
-    return q.reshape(x.shape), scale[0], zp[0]
+    """ONNX Runtime's DynamicQuantizeLinear: one (scale, zero point) for the whole tensor, x / scale."""
+    x = x.to(torch.float32)
+    scale, zp = _scale_zero_point(x.amin(), x.amax())
+    q = (torch.round(x / scale) + zp).clamp(0, 255)
+    return q.to(torch.uint8), scale, zp.to(torch.int32)
 
 
 @torch.library.custom_op("mlprune::int8_linear", mutates_args=())

@@ -304,35 +304,47 @@ void quantize_row_scalar(const float* x, int64_t n, uint8_t* q, float* scale, in
     hi = std::max(hi, x[i]);
   }
   quantize_params(lo, hi, scale, zp);
+  const float inv = 1.0f / *scale;
   for (int64_t i = 0; i < n; ++i) {
-    const float v = std::nearbyint(x[i] / *scale) + static_cast<float>(*zp);
+    const float v = std::nearbyint(x[i] * inv) + static_cast<float>(*zp);
     q[i] = static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, v)));
   }
 }
 
 MLP_AVX512 void quantize_row_avx512(const float* x, int64_t n, uint8_t* q, float* scale, int32_t* zp) {
-  __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+  __m512 lo0 = _mm512_setzero_ps(), hi0 = _mm512_setzero_ps(), lo1 = lo0, hi1 = hi0;
   int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+    lo0 = _mm512_min_ps(lo0, a);
+    hi0 = _mm512_max_ps(hi0, a);
+    lo1 = _mm512_min_ps(lo1, b);
+    hi1 = _mm512_max_ps(hi1, b);
+  }
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i);
-    lo = _mm512_min_ps(lo, v);
-    hi = _mm512_max_ps(hi, v);
+    lo0 = _mm512_min_ps(lo0, v);
+    hi0 = _mm512_max_ps(hi0, v);
   }
-  float l = _mm512_reduce_min_ps(lo), h = _mm512_reduce_max_ps(hi);
+  float l = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1)), h = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
   for (int64_t j = i; j < n; ++j) {
     l = std::min(l, x[j]);
     h = std::max(h, x[j]);
   }
   quantize_params(l, h, scale, zp);
-  const __m512 s = _mm512_set1_ps(*scale), z = _mm512_set1_ps(static_cast<float>(*zp));
-  const __m512 top = _mm512_set1_ps(255.0f), bottom = _mm512_setzero_ps();
+  const float inv = 1.0f / *scale;
+  // round(x * (1 / s)) + z in integers: clamping at 0 below and unsigned saturation at 255 above is the
+  // float clamp of the reference.
+  const __m512 s = _mm512_set1_ps(inv);
+  const __m512i z = _mm512_set1_epi32(*zp), zero = _mm512_setzero_si512();
   for (i = 0; i + 16 <= n; i += 16) {
-    __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + i), s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm512_min_ps(top, _mm512_max_ps(bottom, _mm512_add_ps(v, z)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    __m512i v = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), s),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_max_epi32(_mm512_add_epi32(v, z), zero);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtusepi32_epi8(v));
   }
   for (; i < n; ++i) {
-    const float v = std::nearbyint(x[i] / *scale) + static_cast<float>(*zp);
+    const float v = std::nearbyint(x[i] * inv) + static_cast<float>(*zp);
     q[i] = static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, v)));
   }
 }
@@ -392,6 +404,16 @@ Int8Plan::Int8Plan(const BsrInt8Args& args, int64_t max_parts) : a_(args), isa_(
   const bool cold = cold_output(a_.rows, a_.out_features);
   if (a_.residual && a_.y_raw == nullptr && cold && a_.nnzb * b * b <= l2_bytes() / 2) tile_rows_ = mr_;
   stream_ = a_.y_raw == nullptr && streams_output(isa_, a_.y, a_.residual, cold);
+  if (a_.rows >= 2 * mr_ && (a_.rows + tile_rows_ - 1) / tile_rows_ < max_parts) {
+    // Fewer row tiles than parts: parts splitting a tile's row-blocks would each quantize all of its
+    // rows. Split the rows instead.
+    const int64_t parts = std::min(max_parts, a_.rows / mr_);
+    tile_rows_ = (a_.rows + parts - 1) / parts;
+    const int64_t tiles = (a_.rows + tile_rows_ - 1) / tile_rows_;
+    bounds_.clear();
+    for (int64_t t = 0; t <= tiles; ++t) bounds_.push_back(t * row_blocks_);
+    return;
+  }
   bounds_ = balance_parts(a_.row_ptr, row_blocks_, a_.rows, tile_rows_, max_parts);
 }
 

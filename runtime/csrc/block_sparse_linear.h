@@ -142,8 +142,9 @@ std::string validate_int8(const BsrInt8Args& a, const std::vector<int64_t>& valu
 
 // Row-wise asymmetric uint8 quantization: lo = min(0, min x), hi = max(0, max x),
 // s = (hi - lo) / 255 (1 for an all-zero row), z = clamp(round(-lo / s), 0, 255),
-// q = clamp(round(x / s) + z, 0, 255), rounding half to even, x / s a true division: ONNX's
-// DynamicQuantizeLinear applied to each row (and a pure-torch reference computes the same bits).
+// q = clamp(round(x * (1 / s)) + z, 0, 255), rounding half to even: ONNX's DynamicQuantizeLinear
+// applied to each row, except that x is multiplied by 1 / s (cheaper than a divide per element), so q
+// may differ from x / s by one step; the pure-torch reference computes the same bits.
 void quantize_rows_u8(const float* x, int64_t rows, int64_t in, uint8_t* q, float* scale,
                       int32_t* zero_point);
 

@@ -86,6 +86,25 @@ def test_dequantized_op_matches_the_reference(isa, rows, rb, cb, b, density, bia
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6 * scale)
 
 
+@pytest.mark.parametrize("rows", [24, 50, 128])
+def test_rows_split_between_threads_give_the_same_bits(isa, rows):
+    """Few rows: parts take rows, not row-blocks (each quantizes only its own); every thread count agrees."""
+    packed, x = _case(rows, 6, 4, 32, 0.3, seed=rows)
+    bias = torch.randn(6 * 32, generator=torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(int8.block_sparse_linear_int8(x, packed, bias, "gelu"))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(outs[0], y) for y in outs[1:])
+    ref = int8.block_sparse_linear_int8_reference(x, packed.values, packed.row_ptr, packed.col_idx, packed.w_scale,
+                                                  packed.w_sum, bias, 6 * 32, "gelu")
+    torch.testing.assert_close(outs[0], ref, rtol=1e-5, atol=2e-6 * max(1.0, float(ref.abs().max())))
+
+
 @pytest.mark.parametrize("residual", [False, True])
 def test_cold_outputs_streamed_and_row_ordered_match_the_reference(isa, residual):
     """An output over 1 MB is written with streaming stores, and with a residual in row-ordered tasks."""
