@@ -404,9 +404,12 @@ Int8Plan::Int8Plan(const BsrInt8Args& args, int64_t max_parts) : a_(args), isa_(
   const bool cold = cold_output(a_.rows, a_.out_features);
   if (a_.residual && a_.y_raw == nullptr && cold && a_.nnzb * b * b <= l2_bytes() / 2) tile_rows_ = mr_;
   stream_ = a_.y_raw == nullptr && streams_output(isa_, a_.y, a_.residual, cold);
-  if (a_.rows >= 2 * mr_ && (a_.rows + tile_rows_ - 1) / tile_rows_ < max_parts) {
+  const int64_t x_bytes = a_.rows * a_.in_features * static_cast<int64_t>(sizeof(float));
+  if (a_.y_raw == nullptr && a_.rows >= 2 * mr_ && (a_.rows + tile_rows_ - 1) / tile_rows_ < max_parts &&
+      a_.nnzb * b * b < x_bytes) {
     // Fewer row tiles than parts: parts splitting a tile's row-blocks would each quantize all of its
-    // rows. Split the rows instead.
+    // rows. Split the rows instead, where that costs less than it saves: each part then reads all of
+    // W instead of its share, so only when the kept W is smaller than X.
     const int64_t parts = std::min(max_parts, a_.rows / mr_);
     tile_rows_ = (a_.rows + parts - 1) / parts;
     const int64_t tiles = (a_.rows + tile_rows_ - 1) / tile_rows_;
