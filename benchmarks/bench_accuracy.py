@@ -44,7 +44,7 @@ import mlprune_fx as mp
 from benchmarks import baselines
 from mlprune_fx.passes.drop_inputs import drop_outputs
 from mlprune_fx.runtime.library import is_block_sparse_linear
-from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_side_by_side
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 from mlprune_fx.tools.data import batches, load_dataset, tokenize
 from mlprune_fx.tools.models import load_packaged_model
 from mlprune_fx.training import accuracy, default_mask_lr, train, two_step_prune
@@ -156,10 +156,14 @@ def latency_feeds(session, vocab: int, batch: int, seq: int, seed: int) -> dict[
     return feeds
 
 
-def side_by_side(dense, pruned, feeds: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
-    """Median ms of the dense and the pruned session, interleaved in one run."""
-    return time_side_by_side({"dense": lambda: dense.run(None, feeds), "pruned": lambda: pruned.run(None, feeds)},
-                             repeats=repeats)
+TIMING_ROUNDS = 4
+
+
+def ort_ms(paths: dict[str, Path], feeds: dict[str, np.ndarray], args) -> dict[str, float]:
+    """Median ms of each ONNX model, one session alive at a time (another session's idle threads would spin on
+    the same cores): rounds alternate the models, --repeats runs each in all."""
+    return time_sessions({k: session_opener(p, feeds, args.threads) for k, p in paths.items()}, rounds=TIMING_ROUNDS,
+                         runs=max(1, args.repeats // TIMING_ROUNDS), warmup=2)
 
 
 # --- the methods ------------------------------------------------------------------------------
@@ -368,8 +372,9 @@ def report(results: dict, args, header: str) -> str:
         f"{'' if s['output_rows'] else kept_rows}. "
         f"remaining: share of the encoder linear weights (Q, K, V, O, FC1, FC2 of all layers) the model keeps; "
         f"params: floating-point parameters stored. ORT ms: ONNX Runtime, batch "
-        f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {args.repeats}, each "
-        f"cell timed side by side with the dense model in one run (speed-up = dense ms / cell ms of that run; the "
+        f"{args.latency_batch} x sequence {args.latency_seq}, {args.threads} threads, median of {TIMING_ROUNDS} alternating rounds of "
+        f"{max(1, args.repeats // TIMING_ROUNDS)} runs, one session alive at a time, each cell timed beside the dense "
+        f"model in one run (speed-up = dense ms / cell ms of that run; the "
         f"dense row shows the dense model's own run). training: wall time of pruning + training (the dense row: "
         f"fine-tuning). Test accuracy from PyTorch; ONNX Runtime's is in the JSON and noted where it differs.",
     ]
@@ -429,7 +434,7 @@ def saved_model_path(out: Path, dataset: str, method: str, target: float) -> Pat
     return out / "models" / f"{dataset}_{method}_{target:g}"
 
 
-def run_cell(method, target, dense, data: Data, args, kd, dense_session, feeds, tmp: Path, device) -> dict:
+def run_cell(method, target, dense, data: Data, args, kd, dense_path: Path, feeds, tmp: Path, device) -> dict:
     if method == "mlprune_2step" and device.type != "cpu":
         raise RuntimeError("mlprune_2step lowers blocks to mlprune's CPU kernel; run it with --device cpu")
     torch.manual_seed(args.prune_seed)
@@ -445,9 +450,9 @@ def run_cell(method, target, dense, data: Data, args, kd, dense_session, feeds, 
     graph = model if isinstance(model, torch.fx.GraphModule) else deployable(model, data.example)
     if args.save_models:
         mp.save(graph, saved_model_path(args.out, data.name, method, target))
-    session = export(graph, tmp / f"{method}_{target:g}.onnx", data.example, args.threads)
-    ort_test = ort_accuracy(session, data.test)
-    ms = side_by_side(dense_session, session, feeds, args.repeats)
+    path = tmp / f"{method}_{target:g}.onnx"
+    ort_test = ort_accuracy(export(graph, path, data.example, args.threads), data.test)
+    ms = ort_ms({"dense": dense_path, "pruned": path}, feeds, args)
     return {
         "method": method, "target": target, "remaining": info["remaining"], "test_acc": test_acc, "dev_acc": dev_acc,
         "ort_test_acc": ort_test, "params": baselines.stored_parameters(model), "params_nonzero": params_nonzero,
@@ -564,10 +569,11 @@ def main(argv: list[str] | None = None) -> None:
         data.reseed(args.prune_seed)
         with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp_dir:
             tmp = Path(tmp_dir)
-            dense_session = export(deployable(dense, data.example), tmp / "dense.onnx", data.example, args.threads)
+            dense_path = tmp / "dense.onnx"
+            dense_session = export(deployable(dense, data.example), dense_path, data.example, args.threads)
             feeds = latency_feeds(dense_session, dense.config.vocab_size, args.latency_batch, args.latency_seq, args.seed)
             if entry is None:
-                dense_ms = time_side_by_side({"dense": lambda: dense_session.run(None, feeds)}, repeats=args.repeats)
+                dense_ms = ort_ms({"dense": dense_path}, feeds, args)
                 total = baselines.encoder_weight_count(dense)
                 counted = mp.sparsity_report(mp.prepare(dense, mp.PruningConfig(), data.example)).total
                 if counted != total:
@@ -581,6 +587,7 @@ def main(argv: list[str] | None = None) -> None:
                               "ort_ms": dense_ms["dense"], "seconds": seconds},
                 }
                 save_json(results, json_path)
+            del dense_session  # the cells time one session at a time
             d = entry["dense"]
             print(f"{name}: dense test {d['test_acc']:.2%}, dev {d['dev_acc']:.2%}, ORT {d['ort_ms']:.1f} ms", flush=True)
             for target in args.targets:
@@ -595,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{name} {key}: skipped, the two steps start at {TWO_STEP_R1} (targets below only)")
                         continue
                     try:
-                        cell = run_cell(method, target, dense, data, args, kd, dense_session, feeds, tmp, device)
+                        cell = run_cell(method, target, dense, data, args, kd, dense_path, feeds, tmp, device)
                     except Exception as e:  # one method failing must not lose the others' hours
                         if method != "torch_pruning":
                             raise
