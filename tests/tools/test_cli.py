@@ -354,3 +354,20 @@ def test_help_teaches_the_flow(capsys):
     text = capsys.readouterr().out
     for command in ("finetune", "prune", "convert", "export", "evaluate", "bench", "report"):
         assert f"mlprune {command}" in text
+
+
+def test_calibrate_then_prune_to_a_speedup(tmp_path, tiny_hf, tiny_csv, capsys):
+    r = tmp_path / "run"
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    assert run("calibrate", "--run", r, "--model", tiny_hf, "--batch", "2", "--seq", "16", "--threads", "1",
+               "--no-blocks", "--quiet") == 0
+    assert (r / "cost_model.json").exists() and "cost model in" in capsys.readouterr().out
+    assert run("prune", "--run", r, "--model", tiny_hf, "--steps", "4", "--batch-size", "8", "--speedup", "1.3", *data) == 0
+    record = json.loads((r / "prune.json").read_text())
+    assert record["config"]["speedup"] == 1.3 and record["config"]["target"] is None
+    assert record["config"]["cost_model"]["model"]["hidden"] == 32 and record["predicted_speedup"] > 1
+    assert "predicted" in capsys.readouterr().out
+    assert run("prune", "--run", r, "--model", tiny_hf, "--speedup", "2", "--target", "0.5", *data) == 2
+    assert "both set" in capsys.readouterr().err
+    assert run("prune", "--run", r, "--model", tiny_hf, "--speedup", "2", "--cost-model", tmp_path / "none.json", *data) == 2
+    assert "no cost model at" in capsys.readouterr().err
