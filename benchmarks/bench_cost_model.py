@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quantize", choices=["int8"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--save", type=Path, help="also write the calibration to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = model_named(args.model, args.layers)
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"calibrated in {time.time() - started:.0f} s: weight {cost.weight_ns:.3g} ns, block weight "
           f"{cost.block_weight_ns:.3g} ns, head {cost.head_ns:.3g} ns, fixed {cost.fixed_ns:.3g} ns per token; the fit "
           f"matches its {len(cost.fit) - 3} variants within {cost.fit['max_error']:.1%}", flush=True)
+    if args.save:
+        print(f"calibration written to {cost.save(args.save)}", flush=True)
     dense = mp.convert(mp.prepare(model, mp.PruningConfig()))
     rows, errors = [], []
     with tempfile.TemporaryDirectory() as tmp:
