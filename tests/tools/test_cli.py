@@ -362,6 +362,10 @@ def test_calibrate_then_prune_to_a_speedup(tmp_path, tiny_hf, tiny_csv, capsys):
     assert run("calibrate", "--run", r, "--model", tiny_hf, "--batch", "2", "--seq", "16", "--threads", "1",
                "--no-blocks", "--quiet") == 0
     assert (r / "cost_model.json").exists() and "cost model in" in capsys.readouterr().out
+    # A 0.1 ms model's timings are noise (they can fit weight_ns = 0): fixed coefficients keep prune deterministic.
+    fitted = json.loads((r / "cost_model.json").read_text())
+    fitted.update(weight_ns=0.1, block_weight_ns=0.1, head_ns=1.0, fixed_ns=1.0)
+    (r / "cost_model.json").write_text(json.dumps(fitted))
     assert run("prune", "--run", r, "--model", tiny_hf, "--steps", "4", "--batch-size", "8", "--speedup", "1.3", *data) == 0
     record = json.loads((r / "prune.json").read_text())
     assert record["config"]["speedup"] == 1.3 and record["config"]["target"] is None
