@@ -185,7 +185,8 @@ def test_hold_masks_magnitude_prior_and_attention_length_from_flags_or_config(tm
             "--max-length", "16", "--batch-size", "8", "--steps", "2", "--target", "0.5", "--quiet"]
     r = tmp_path / "flags"
     assert run("prune", "--run", r, *args, "--hold-masks", "--magnitude-prior", "1", "--attention-length", "16") == 0
-    assert "of the work at 16 tokens (target 50%)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "of the work at 16 tokens, predicted" in out and "(target 50%)" in out
     saved = json.loads((r / "prune.json").read_text())
     assert held == [True] and saved["hold_masks"] is True and saved["config"]["magnitude_prior"] == 1
     assert saved["config"]["attention_length"] == 16 and load(r / "prepared").meta["mlprune_fx"].config.attention_length == 16
