@@ -20,7 +20,7 @@ import torch
 
 import mlprune_fx as mp
 from mlprune_fx.core.pruning_state import mask_modules
-from mlprune_fx.tools.benchmarking import machine_header, markdown_table, time_sessions
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 from mlprune_fx.tools.models import load_packaged_model
 
 
@@ -97,13 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         x = torch.randint(low, model.config.vocab_size, (args.batch, args.seq))
         feeds = {"input_ids": x.numpy(), "attention_mask": torch.ones_like(x).numpy()}
 
-        def opener(path):
-            def open_session():
-                session = mp.runtime.InferenceSession(path, num_threads=args.threads)
-                return lambda: session.run(None, feeds)
-            return open_session
-
-        ms = time_sessions({k: opener(v) for k, v in paths.items()}, rounds=args.rounds, runs=args.repeats)
+        ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in paths.items()}, rounds=args.rounds,
+                           runs=args.repeats)
     for name, speedup in predicted.items():
         measured = ms["dense"] / ms[name]
         errors.append(abs(speedup - measured) / measured)

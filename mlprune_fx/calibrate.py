@@ -23,8 +23,7 @@ from .core.pruning_state import mask_modules, pruning_state
 from .export import export_onnx, input_names
 from .passes.graph_utils import copy_graph_module
 from .prepare import prepare
-from .runtime.session import InferenceSession
-from .runtime.timing import cpu_description, time_sessions
+from .runtime.timing import cpu_description, session_opener, time_sessions
 
 # (heads kept, FFN rows kept) of the head-and-row variants, and kept-block densities of the block ones:
 # enough variety to separate the four terms, few enough to stay within two minutes for BERT-base.
@@ -121,14 +120,8 @@ def calibrate(
             paths[name] = export_onnx(converted, Path(tmp) / f"{i}.onnx", small)
             names.append(name)
         arrays = {k: v.numpy() for k, v in feeds.items()}
-
-        def opener(path):
-            def open_session():
-                session = InferenceSession(path, num_threads=threads)
-                return lambda: session.run(None, arrays)
-            return open_session
-
-        ms = time_sessions({n: opener(p) for n, p in paths.items()}, rounds=rounds, runs=runs)
+        ms = time_sessions({n: session_opener(p, arrays, threads) for n, p in paths.items()}, rounds=rounds, runs=runs,
+                           warmup=1)
     coef = _fit(counts, [ms[n] for n in names], batch, seq)
     model_info = model_shape(pruning_state(variants[0][1]))
 
