@@ -9,7 +9,7 @@ from torch import fx, nn
 
 from .core.config import PruningConfig
 from .core.errors import ConfigError, UnsupportedModelError
-from .core.leap import check_reachable, model_shape
+from .core.leap import active_cost_model, check_reachable, model_shape
 from .core.pruning_state import pruning_state
 from .passes.analyze import find_structures
 from .passes.capture import capture
@@ -48,7 +48,7 @@ def prepare(
         )
     prepared = init_scores(insert_masks(gm, structure, config), config.magnitude_prior)
     state = pruning_state(prepared)
-    if config.speedup is not None and config.cost_model is not None:
-        config.cost_model.check_fits(model_shape(state), cpu_description())
+    if config.speedup is not None:  # the shipped model too: it was fitted on one model and machine
+        active_cost_model(config).check_fits(model_shape(state), cpu_description())
     check_reachable(state)
     return prepared

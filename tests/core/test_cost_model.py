@@ -123,6 +123,13 @@ def test_a_cost_model_from_another_model_or_machine_is_named(recwarn):
     assert "hidden 768 here 64" in text and "layers 12 here 2" in text and "another CPU" in text
 
 
+def test_the_shipped_cost_model_says_when_it_was_made_for_another_model(recwarn):
+    warnings.simplefilter("always")
+    prepare_tiny(config=mp.PruningConfig(speedup=1.2))
+    text = " ".join(str(w.message) for w in recwarn)
+    assert "calibrated elsewhere" in text and "hidden 768 here 64" in text and "mlprune calibrate" in text
+
+
 def test_training_toward_a_speedup_lowers_the_predicted_latency():
     from mlprune_fx.training import train
 
