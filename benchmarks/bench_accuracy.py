@@ -478,8 +478,8 @@ def saved_model_path(out: Path, dataset: str, method: str, target: float) -> Pat
 
 
 def run_cell(method, target, dense, data: Data, args, kd, dense_path: Path, feeds, tmp: Path, device) -> dict:
-    if method == "mlprune_2step" and device.type != "cpu":
-        raise RuntimeError("mlprune_2step lowers blocks to mlprune's CPU kernel; run it with --device cpu")
+    if method in ("mlprune_2step", "mlprune_speedup_blocks") and device.type != "cpu":
+        raise RuntimeError(f"{method} lowers blocks to mlprune's CPU kernel; run it with --device cpu")
     torch.manual_seed(args.prune_seed)
     started = time.time()
     model, info = RUNNERS[method](dense, target, data, args, kd)

@@ -25,6 +25,12 @@ recipe). Step 3 scores and times the int8 forms (OUT/int8.json, resumable per mo
 
     python -m benchmarks.bench_frontier --datasets rotten_tomatoes --out out/frontier_rt -- \\
         --finetune-steps 2000 --finetune-lr 1e-4 --prune-steps 1600 --batch-size 16 --lr 2e-4 --lambda-f 200000
+    python -m benchmarks.bench_frontier --datasets tweets --out out/frontier_tweets -- \\
+        --finetune-steps 2000 --finetune-lr 1e-4 --prune-steps 3200 --batch-size 16 --lr 2e-4 --lambda-f 200000 \\
+        --group-by-length --no-output-rows --hold-masks --magnitude-prior 1
+
+(the grid's recipes. Where a GPU is lent, `--device cuda` after `--` trains there, ONNX Runtime still times on the
+CPU; mlprune_speedup_blocks needs the CPU kernel, so run it in a CPU pass of its own: `--methods ...`.)
 """
 
 from __future__ import annotations
