@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     cost = mp.calibrate(model, batch=args.batch, seq=args.seq, threads=args.threads, quantize=args.quantize)
     print(f"calibrated in {time.time() - started:.0f} s: weight {cost.weight_ns:.3g} ns, block weight "
           f"{cost.block_weight_ns:.3g} ns, head {cost.head_ns:.3g} ns, fixed {cost.fixed_ns:.3g} ns per token; the fit "
-          f"matches its {len(cost.fit) - 3} variants within {cost.fit['max_error']:.1%}", flush=True)
+          f"matches its {sum(k.startswith('ms ') for k in cost.fit)} variants ({cost.fit['layers_timed']:.0f} layers timed) "
+          f"within {cost.fit['max_error']:.1%}", flush=True)
     if args.save:
         print(f"calibration written to {cost.save(args.save)}", flush=True)
     dense = mp.convert(mp.prepare(model, mp.PruningConfig()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 import warnings
@@ -26,10 +27,45 @@ from .prepare import prepare
 from .runtime.timing import cpu_description, session_opener, time_sessions
 
 # (heads kept, FFN rows kept) of the head-and-row variants, and kept-block densities of the block ones:
-# enough variety to separate the four terms, few enough to stay within two minutes for BERT-base.
-HEAD_ROW_VARIANTS = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25), (0.1, 0.1))
+# enough variety to separate the four terms (each side of the range and each kind of unit alone), few
+# enough to stay within two minutes for BERT-base.
+HEAD_ROW_VARIANTS = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.1, 0.1))
 BLOCK_VARIANTS = (0.2, 0.5)
 BLOCK_SIZE = 32
+# Layers of the slice that is timed: every coefficient is per layer, and exporting and timing a deep model
+# whole would cost minutes (BERT-base: 135 s for 12 layers on 2 cores).
+SLICE_LAYERS = 4
+
+
+def _encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+    """(parent, attribute, list) of the encoder's layer list: the ModuleList as long as the config's
+    num_hidden_layers (or, without a config, the longest list of one module type)."""
+    want = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    found = []
+    for parent in model.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.ModuleList) and len(child) > 1 and len({type(m) for m in child}) == 1:
+                found.append((parent, attr, child))
+    if want is not None:
+        found = [f for f in found if len(f[2]) == want]
+    return max(found, key=lambda f: len(f[2])) if len(found) == 1 or (want is None and found) else None
+
+
+def _encoder_slice(model: nn.Module, layers: int | None) -> nn.Module:
+    """A copy of `model` with only its first `layers` encoder layers (the model itself when it has no more,
+    or when its layer list cannot be told apart)."""
+    site = _encoder_layers(model)
+    if layers is None or site is None or len(site[2]) <= layers:
+        return model
+    parent, attr, full = site
+    setattr(parent, attr, nn.ModuleList(full[:layers]))
+    try:
+        sliced = copy.deepcopy(model)
+    finally:
+        setattr(parent, attr, full)
+    if getattr(sliced, "config", None) is not None and hasattr(sliced.config, "num_hidden_layers"):
+        sliced.config.num_hidden_layers = layers
+    return sliced
 
 
 def _keep(prepared, shares: Mapping[str, float], seed: int):
@@ -84,6 +120,7 @@ def calibrate(
     blocks: bool = True,
     rounds: int = 3,
     runs: int = 3,
+    layers: int | None = SLICE_LAYERS,
     seed: int = 0,
     progress: bool = True,
 ) -> CostModel:
@@ -93,7 +130,9 @@ def calibrate(
 
     quantize: fit for `convert(..., quantize=...)`'s models. blocks: include the block-sparse variants
     (they need the native library; without it the block terms are left out, with a warning).
-    threads: ONNX Runtime intra-op threads, as the model will be served. The model is left untouched.
+    threads: ONNX Runtime intra-op threads, as the model will be served. layers: time a copy with only the
+    first `layers` encoder layers (every coefficient is per layer or per weight; None: the whole model).
+    The model is left untouched.
     """
     check_quantization(quantize)
     if blocks:
@@ -105,7 +144,8 @@ def calibrate(
             warnings.warn(f"calibrating without block-sparse variants: {exc}", stacklevel=2)
             blocks = False
     was_training = model.training
-    variants = list(_variants(model, dict(example_inputs) if example_inputs is not None else None, blocks, seed))
+    timed = _encoder_slice(model, layers)
+    variants = list(_variants(timed, dict(example_inputs) if example_inputs is not None else None, blocks, seed))
     model.train(was_training)
     names, counts, paths = [], [], {}
     with tempfile.TemporaryDirectory(prefix="mlprune-calibrate-") as tmp:
@@ -114,7 +154,7 @@ def calibrate(
         for i, (name, prepared) in enumerate(bar):
             counts.append(latency_counts(prepared, max_block_density=1.0))
             converted = convert(prepared, max_block_density=1.0, quantize=quantize)
-            inputs = feeds or _feeds(converted, model, batch, seq, seed)
+            inputs = feeds or _feeds(converted, timed, batch, seq, seed)
             feeds = inputs
             small = {k: v[:2, :16] for k, v in inputs.items()}
             paths[name] = export_onnx(converted, Path(tmp) / f"{i}.onnx", small)
@@ -124,6 +164,11 @@ def calibrate(
                            warmup=1)
     coef = _fit(counts, [ms[n] for n in names], batch, seq)
     model_info = model_shape(pruning_state(variants[0][1]))
+    share = 1.0
+    if timed is not model:
+        share = len(_encoder_layers(model)[2]) / model_info["layers"]
+        model_info["layers"] = len(_encoder_layers(model)[2])
+    dense = counts[0]
 
     def model_with(fit: dict) -> CostModel:
         return CostModel(max(float(coef[0]), 1e-9), float(coef[1]), float(coef[2]), float(coef[3]), batch=batch, seq=seq,
@@ -131,7 +176,9 @@ def calibrate(
 
     fitted = model_with({})
     errors = [abs(c.ms(fitted) - ms[n]) / ms[n] for c, n in zip(counts, names)]
-    fit = {"max_error": max(errors), "mean_error": sum(errors) / len(errors), "dense_ms": ms[names[0]]}
+    whole = LatencyCounts(dense.dense_weights * share, 0.0, dense.heads_x_dim * share, dense.hidden_x_layers * share)
+    fit = {"max_error": max(errors), "mean_error": sum(errors) / len(errors), "dense_ms": whole.ms(fitted),
+           "layers_timed": model_info["layers"] / share}
     return model_with({**fit, **{f"ms {n}": ms[n] for n in names}})
 
 

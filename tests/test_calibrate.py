@@ -1,9 +1,10 @@
 """calibrate: pruned variants timed in ONNX Runtime here, and a cost model fitted to them (toy sizes)."""
 
 import pytest
+import torch
 
 import mlprune_fx as mp
-from mlprune_fx.calibrate import BLOCK_VARIANTS, HEAD_ROW_VARIANTS
+from mlprune_fx.calibrate import BLOCK_VARIANTS, HEAD_ROW_VARIANTS, _encoder_layers, _encoder_slice
 
 from conftest import tiny_model
 
@@ -40,3 +41,23 @@ def test_without_block_variants_and_for_int8():
     assert len([k for k in cost.fit if k.startswith("ms ")]) == len(HEAD_ROW_VARIANTS)
     with pytest.raises(mp.ConfigError, match="quantize='int4'"):
         mp.calibrate(model, quantize="int4")
+
+
+@pytest.mark.parametrize("kind, attn", [("bert", "sdpa"), ("distilbert", "sdpa"), ("mpnet", "eager")])
+def test_the_timed_slice_keeps_the_first_layers_and_leaves_the_model_whole(kind, attn):
+    model = tiny_model(kind, attn, layers=5)
+    layers = _encoder_layers(model)[2]
+    sliced = _encoder_slice(model, 2)
+    assert len(_encoder_layers(sliced)[2]) == 2 and sliced.config.num_hidden_layers == 2
+    assert _encoder_layers(model)[2] is layers and len(layers) == 5 and model.config.num_hidden_layers == 5
+    first = dict(layers[0].named_parameters())
+    assert all(torch.equal(p, first[n]) and p is not first[n] for n, p in _encoder_layers(sliced)[2][0].named_parameters())
+    assert _encoder_slice(model, 5) is model and _encoder_slice(model, None) is model
+
+
+def test_a_deep_model_is_timed_on_a_slice_and_fitted_for_all_its_layers():
+    model = tiny_model("bert", hidden=64, heads=4, inter=128, layers=3)
+    cost = mp.calibrate(model, batch=2, seq=16, threads=1, rounds=1, runs=1, blocks=False, layers=1, progress=False)
+    assert cost.model["layers"] == 3 and cost.fit["layers_timed"] == 1
+    whole = mp.calibrate(model, batch=2, seq=16, threads=1, rounds=1, runs=1, blocks=False, layers=None, progress=False)
+    assert whole.fit["layers_timed"] == 3 and len(model.bert.encoder.layer) == 3

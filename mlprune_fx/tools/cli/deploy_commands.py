@@ -51,8 +51,10 @@ def calibrate_command(args: argparse.Namespace) -> None:
                      blocks=args.blocks, progress=not args.quiet)
     out = cost.save(Path(args.output) if args.output else run.cost_model)
     fit = cost.fit
-    print(f"dense {fit['dense_ms']:.1f} ms; the fit matches the {len(fit) - 3} timed variants within "
-          f"{fit['max_error']:.1%} (mean {fit['mean_error']:.1%}); cost model in {out}")
+    timed = sum(k.startswith("ms ") for k in fit)
+    print(f"dense {fit['dense_ms']:.1f} ms (predicted); the fit matches the {timed} variants timed "
+          f"({fit['layers_timed']:.0f} layers) within {fit['max_error']:.1%} (mean {fit['mean_error']:.1%}); cost "
+          f"model in {out}")
     run.write_step("calibrate", {"cost_model": str(out), "fit": fit})
 
 
