@@ -21,7 +21,8 @@ method from 2x to 8x; within 1 point of dense at 3x) and writes OUT/frontier.md 
 
 Step 1 calibrates the cost model here (OUT/cost_model.json, reused). Step 2 runs bench_accuracy per
 seed into OUT/seedN (resumable per cell; options after `--` go to it unchanged, e.g. the dataset's
-recipe). Step 3 scores and times the int8 forms (OUT/int8.json, resumable per model).
+recipe). Step 3 times every saved model in fp32 and int8 beside dense, one session alive at a time (the x of
+both), and scores the int8 forms (OUT/int8.json, resumable per model).
 
     python -m benchmarks.bench_frontier --datasets rotten_tomatoes --out out/frontier_rt -- \\
         --finetune-steps 2000 --finetune-lr 1e-4 --prune-steps 1600 --batch-size 16 --lr 2e-4 --lambda-f 200000
@@ -91,8 +92,9 @@ def accuracy_runs(out: Path, cost_path: Path, args) -> list[Path]:
     return runs
 
 
-def int8_points(runs: list[Path], args) -> dict[str, dict]:
-    """Test accuracy and measured speed-up of every saved model's int8 form, and of the dense one (resumable)."""
+def deployed_points(runs: list[Path], args) -> dict[str, dict]:
+    """Every saved model timed in fp32 and int8 beside the dense model, one session alive at a time, and its int8
+    form's test accuracy; the dense model through quantize_dynamic too (OUT/int8.json, resumable per model)."""
     path = args.out / "int8.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     for run in runs:
@@ -100,7 +102,7 @@ def int8_points(runs: list[Path], args) -> dict[str, dict]:
         settings = argparse.Namespace(**bench_accuracy.with_defaults(results["settings"]))
         for dataset, entry in results["datasets"].items():
             wanted = [(m, t) for m in args.methods for t in map(knob, args.speedups)
-                      if f"{run.name}/{dataset}/{bench_accuracy.cell_key(m, t)}" not in done
+                      if "fp32_ms" not in done.get(f"{run.name}/{dataset}/{bench_accuracy.cell_key(m, t)}", {})
                       and bench_accuracy.saved_model_path(run, dataset, m, t).exists()]
             dense_key = f"{run.name}/{dataset}/dense"
             if not wanted and dense_key in done:
@@ -116,25 +118,28 @@ def int8_points(runs: list[Path], args) -> dict[str, dict]:
                 dense_path = mp.export_onnx(bench_accuracy.deployable(dense.eval(), data.example), tmp / "dense.onnx", example)
                 feeds = bench_accuracy.latency_feeds(mp.runtime.InferenceSession(dense_path), dense.config.vocab_size,
                                                      args.batch, args.seq, settings.seed)
-                todo = {} if dense_key in done else {dense_key: ort_quantize_dynamic(dense_path, tmp / "dense_qd.onnx")}
+                todo = {} if dense_key in done else {dense_key: (None, ort_quantize_dynamic(dense_path, tmp / "dense_qd.onnx"))}
                 for i, (method, target) in enumerate(wanted):
                     model = mp.load(bench_accuracy.saved_model_path(run, dataset, method, target))
                     key = f"{run.name}/{dataset}/{bench_accuracy.cell_key(method, target)}"
+                    fp32 = mp.export_onnx(model, tmp / f"{i}_fp32.onnx", example)
                     if method in OURS:
-                        todo[key] = mp.export_onnx(quantize_linears(copy_graph_module(model)), tmp / f"{i}.onnx", example)
+                        todo[key] = (fp32, mp.export_onnx(quantize_linears(copy_graph_module(model)), tmp / f"{i}.onnx", example))
                     else:
-                        fp32 = mp.export_onnx(model, tmp / f"{i}_fp32.onnx", example)
-                        todo[key] = ort_quantize_dynamic(fp32, tmp / f"{i}.onnx")
-                for key, onnx_path in todo.items():
-                    session = mp.runtime.InferenceSession(onnx_path, num_threads=args.threads)
+                        todo[key] = (fp32, ort_quantize_dynamic(fp32, tmp / f"{i}.onnx"))
+                for key, (fp32_path, int8_path) in todo.items():
+                    session = mp.runtime.InferenceSession(int8_path, num_threads=args.threads)
                     acc = bench_accuracy.ort_accuracy(session, data.test)
                     del session
-                    ms = time_sessions({"dense": session_opener(dense_path, feeds, args.threads),
-                                        "int8": session_opener(onnx_path, feeds, args.threads)},
+                    models = {"dense": dense_path, "int8": int8_path} | ({"fp32": fp32_path} if fp32_path else {})
+                    ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in models.items()},
                                        rounds=args.rounds, runs=args.repeats)
                     done[key] = {"test_acc": acc, "ort_ms": ms["int8"], "dense_ort_ms": ms["dense"]}
+                    if fp32_path:
+                        done[key]["fp32_ms"] = ms["fp32"]
                     bench_accuracy.save_json(done, path)
-                    print(f"{key} int8: test {acc:.2%}, {ms['dense'] / ms['int8']:.2f}x", flush=True)
+                    fp32_note = f"fp32 {ms['dense'] / ms['fp32']:.2f}x, " if fp32_path else ""
+                    print(f"{key}: {fp32_note}int8 test {acc:.2%}, {ms['dense'] / ms['int8']:.2f}x", flush=True)
     return done
 
 
@@ -156,10 +161,13 @@ def points(runs: list[Path], int8: dict[str, dict], args) -> dict[str, dict[tupl
                     cell = entry["cells"].get(key)
                     if cell is None or "error" in cell:
                         continue
+                    q = int8.get(f"{run.name}/{dataset}/{key}")
+                    timed = q if q is not None and "fp32_ms" in q else None  # else the cell's own timing
                     table.setdefault((method, s), []).append(
-                        {"test_acc": cell["test_acc"], "speedup": cell["dense_ort_ms"] / cell["ort_ms"],
-                         "predicted": cell.get("predicted_speedup")})
-                    if (q := int8.get(f"{run.name}/{dataset}/{key}")) is not None:
+                        {"test_acc": cell["test_acc"], "predicted": cell.get("predicted_speedup"),
+                         "speedup": timed["dense_ort_ms"] / timed["fp32_ms"] if timed else
+                         cell["dense_ort_ms"] / cell["ort_ms"]})
+                    if q is not None:
                         name = f"{method} + int8" if method in OURS else f"{method} + ORT quantize_dynamic"
                         table.setdefault((name, s), []).append(
                             {"test_acc": q["test_acc"], "speedup": q["dense_ort_ms"] / q["ort_ms"]})
@@ -297,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header, flush=True)
     cost_path = calibrated(args.out, args)
     runs = accuracy_runs(args.out, cost_path, args)
-    int8 = int8_points(runs, args)
+    int8 = deployed_points(runs, args)
     found = points(runs, int8, args)
     sizes = {d: e["sizes"]["test"] for d, e in json.loads((runs[0] / "results.json").read_text())["datasets"].items()}
     text, verdicts = report(found, sizes, args)
