@@ -7,6 +7,9 @@ is pruned to r and trained for the same number of steps, at the same learning ra
 schedule, on the same batches:
 
 - mlprune:       prepare(target=r, heads + rows) + LEAP training, then convert
+- mlprune_speedup: prepare(speedup=1/r, heads + rows): the target is a predicted speed-up (--cost-model),
+                 so r = 0.5 asks for 2x, 0.2 for 5x; opt-in
+- mlprune_speedup_blocks: the same with 32x32 blocks in the same step; opt-in
 - mlprune_2step: MLPruning's two steps (heads + rows to 0.5, then 32x32 blocks to r / 0.5),
                  the step budget split in two; opt-in, targets below 0.5, CPU only
 - magnitude:     global unstructured L1 pruning, fine-tuned with the masks held
@@ -16,7 +19,8 @@ schedule, on the same batches:
 
 Every cell records test / dev accuracy (PyTorch, and the test accuracy again in ONNX Runtime),
 the remaining share actually reached, stored parameters, ONNX Runtime latency at batch 8 x
-sequence 128 timed side by side with the dense model in the same run, and wall time. Results
+sequence 128 timed side by side with the dense model in the same run, the speed-up the cost model
+predicted, and wall time. Results
 go to OUT/results.json and OUT/results.md after every cell (--resume skips finished cells).
 
     python -m benchmarks.bench_accuracy --out out/accuracy
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib.metadata
 import json
 import os
@@ -42,6 +47,8 @@ import torch
 
 import mlprune_fx as mp
 from benchmarks import baselines
+from mlprune_fx.core.cost_model import default_cost_model
+from mlprune_fx.core.latency import latency_counts
 from mlprune_fx.passes.drop_inputs import drop_outputs
 from mlprune_fx.runtime.library import is_block_sparse_linear
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
@@ -52,7 +59,9 @@ from mlprune_fx.training.distill import DistillConfig, enable_distillation_outpu
 from mlprune_fx.training.hold import ADJUST_WARNING, describe_adjust
 from mlprune_fx.training.optimizer import DESCENT
 
-METHODS = ("mlprune", "mlprune_2step", "magnitude", "torch_pruning", "dense_more")
+METHODS = ("mlprune", "mlprune_speedup", "mlprune_speedup_blocks", "mlprune_2step", "magnitude", "torch_pruning",
+           "dense_more")
+SPEEDUP_METHODS = ("mlprune_speedup", "mlprune_speedup_blocks")
 DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
 TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
@@ -61,13 +70,14 @@ TWO_STEP_R1 = 0.5
 RESULT_SETTINGS = ("finetune_steps", "prune_steps", "batch_size", "max_length", "examples", "seed",
                    "lr", "finetune_lr", "distill", "device", "lambda_f", "descent", "output_rows", "prune_seed",
                    "group_by_length", "hold_masks", "target_schedule", "separate_clipping", "magnitude_prior",
-                   "attention_length", "mask_lr_scale")
+                   "attention_length", "mask_lr_scale", "cost_model")
 # Settings added after results were first saved: what a file without them was made with.
 SETTING_DEFAULTS = {"lambda_f": mp.PruningConfig().lambda_f, "descent": DESCENT,
                     "output_rows": mp.PruningConfig().prune_output_rows, "group_by_length": False,
                     "hold_masks": False, "target_schedule": "constant", "separate_clipping": False,
                     "magnitude_prior": mp.PruningConfig().magnitude_prior,
-                    "attention_length": mp.PruningConfig().attention_length, "mask_lr_scale": 1.0}
+                    "attention_length": mp.PruningConfig().attention_length, "mask_lr_scale": 1.0,
+                    "cost_model": None}
 EVAL_BATCH = 64
 STRUCTURAL_TOLERANCE = 1e-4
 
@@ -172,15 +182,37 @@ def ort_ms(paths: dict[str, Path], feeds: dict[str, np.ndarray], args) -> dict[s
 def pruning_options(args) -> dict:
     """The PruningConfig fields the command line sets for the mlprune methods."""
     return {"lambda_f": args.lambda_f, "prune_output_rows": args.output_rows, "magnitude_prior": args.magnitude_prior,
-            "attention_length": args.attention_length}
+            "attention_length": args.attention_length, "cost_model": args.cost}
 
 
-def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None) -> tuple[torch.nn.Module, dict]:
+def cost_model(args) -> mp.CostModel:
+    """The cost model every cell's predicted speed-up comes from: --cost-model, or the package's own."""
+    return args.cost if args.cost is not None else default_cost_model()
+
+
+def predicted_speedup(model: torch.nn.Module, dense: torch.nn.Module, example: dict, cost: mp.CostModel) -> float:
+    """What the cost model predicts for a model pruned by other means (its shapes, nothing masked) over dense."""
+    inputs = {k: v for k, v in example.items() if k != "labels"}
+
+    def ms(m):
+        prepared = mp.prepare(m, mp.PruningConfig(target=1.0, cost_model=cost), example_inputs=inputs)
+        return latency_counts(prepared, cost.max_block_density, dense=True).ms(cost)
+
+    return ms(dense) / ms(model)
+
+
+def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None,
+                granularity: tuple[str, ...] = ("head", "row"), speedup: bool = False) -> tuple[torch.nn.Module, dict]:
+    """LEAP to a share of the weights, or with `speedup` to a predicted speed-up of 1 / target."""
     student = copy.deepcopy(dense)
     hidden = kd is not None and kd.wants_hidden
     if hidden:
         enable_distillation_outputs(student, attentions=False)  # before prepare, so the graph returns them
-    config = mp.PruningConfig(target=target, granularity=("head", "row"), **pruning_options(args))
+    if speedup:
+        options = pruning_options(args) | {"attention_length": None, "cost_model": cost_model(args)}
+        config = mp.PruningConfig(speedup=1 / target, granularity=granularity, **options)
+    else:
+        config = mp.PruningConfig(target=target, granularity=granularity, **pruning_options(args))
     prepared = mp.prepare(student, config, data.example)
     mask_lr = None
     if args.mask_lr_scale != 1.0:
@@ -199,7 +231,10 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
     if log.adjust is not None and abs(log.adjust) > ADJUST_WARNING:
         notes.append(f"the regulariser left {log.before_hold:.3f} at the hold, which {describe_adjust(log.adjust)} "
                      "to reach the target")
-    return converted, {"remaining": report.remaining, "notes": notes,
+    blocks = sum(1 for n in converted.graph.nodes if is_block_sparse_linear(n))
+    if blocks:
+        notes.append(f"{blocks} matrices on the block-sparse kernel")
+    return converted, {"remaining": report.remaining, "notes": notes, "predicted_speedup": report.predicted_speedup,
                        "extra": {"mask_lr": log.mask_lr, "hold_from": log.hold_from, "before_hold": log.before_hold,
                                  "adjust": log.adjust, "hold_churn": log.hold_churn, "heads_kept": heads}}
 
@@ -269,7 +304,10 @@ def run_dense_more(dense, target: float, data: Data, args, kd: DistillConfig | N
     return student, {"remaining": 1.0, "notes": notes, "extra": {}}
 
 
-RUNNERS: dict[str, Callable] = {"mlprune": run_mlprune, "mlprune_2step": run_mlprune_2step,
+RUNNERS: dict[str, Callable] = {"mlprune": run_mlprune, "mlprune_speedup": functools.partial(run_mlprune, speedup=True),
+                                "mlprune_speedup_blocks": functools.partial(run_mlprune, speedup=True,
+                                                                            granularity=("head", "row", "block")),
+                                "mlprune_2step": run_mlprune_2step,
                                 "magnitude": run_magnitude, "torch_pruning": run_torch_pruning,
                                 "dense_more": run_dense_more}
 
@@ -330,16 +368,21 @@ def dataset_table(name: str, entry: dict, targets: list[float], methods: list[st
                 notes.append(f"- {method} @ {target:.0%}: failed: {cell['error']}")
                 continue
             speed = cell["dense_ort_ms"] / cell["ort_ms"]
-            rows.append([method, f"{target:.0%}", f"{cell['remaining']:.1%}", _params(cell), f"{cell['test_acc']:.2%}",
+            if cell.get("predicted_speedup") is not None:
+                speed = f"{speed:.2f}x ({cell['predicted_speedup']:.2f}x)"
+            else:
+                speed = f"{speed:.2f}x"
+            asked = f"{1 / target:.3g}x" if method in SPEEDUP_METHODS else f"{target:.0%}"
+            rows.append([method, asked, f"{cell['remaining']:.1%}", _params(cell), f"{cell['test_acc']:.2%}",
                          f"{(cell['test_acc'] - dense['test_acc']) * 100:+.2f} pt", f"{cell['dev_acc']:.2%}",
-                         _ms(cell["ort_ms"]), f"{speed:.2f}x", _s(cell["train_seconds"])])
+                         _ms(cell["ort_ms"]), speed, _s(cell["train_seconds"])])
             extra = list(cell.get("notes", []))
             if abs(cell["ort_test_acc"] - cell["test_acc"]) > 0.5 / max(entry["sizes"]["test"], 1):
                 extra.append(f"ONNX Runtime test accuracy {cell['ort_test_acc']:.2%} differs from PyTorch's")
             if extra:
                 notes.append(f"- {method} @ {target:.0%}: " + "; ".join(extra))
-    header = ["method", "target", "remaining", "params", "test acc", "vs dense", "dev acc", "ORT ms", "speed-up",
-              "training"]
+    header = ["method", "target", "remaining", "params", "test acc", "vs dense", "dev acc", "ORT ms",
+              "speed-up (predicted)", "training"]
     sizes = entry["sizes"]
     lines = [f"### {name} (train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']}, "
              f"{entry['num_labels']} classes)", "", markdown_table(header, rows)]
@@ -435,8 +478,8 @@ def saved_model_path(out: Path, dataset: str, method: str, target: float) -> Pat
 
 
 def run_cell(method, target, dense, data: Data, args, kd, dense_path: Path, feeds, tmp: Path, device) -> dict:
-    if method == "mlprune_2step" and device.type != "cpu":
-        raise RuntimeError("mlprune_2step lowers blocks to mlprune's CPU kernel; run it with --device cpu")
+    if method in ("mlprune_2step", "mlprune_speedup_blocks") and device.type != "cpu":
+        raise RuntimeError(f"{method} lowers blocks to mlprune's CPU kernel; run it with --device cpu")
     torch.manual_seed(args.prune_seed)
     started = time.time()
     model, info = RUNNERS[method](dense, target, data, args, kd)
@@ -448,6 +491,9 @@ def run_cell(method, target, dense, data: Data, args, kd, dense_path: Path, feed
         params_nonzero = baselines.stored_parameters(model) - (
             baselines.encoder_weight_count(model) - baselines.encoder_weight_count(model, nonzero=True))
     graph = model if isinstance(model, torch.fx.GraphModule) else deployable(model, data.example)
+    predicted = info.get("predicted_speedup")
+    if predicted is None and not isinstance(model, torch.fx.GraphModule):
+        predicted = predicted_speedup(model, dense, data.example, cost_model(args))
     if args.save_models:
         mp.save(graph, saved_model_path(args.out, data.name, method, target))
     path = tmp / f"{method}_{target:g}.onnx"
@@ -456,7 +502,7 @@ def run_cell(method, target, dense, data: Data, args, kd, dense_path: Path, feed
     return {
         "method": method, "target": target, "remaining": info["remaining"], "test_acc": test_acc, "dev_acc": dev_acc,
         "ort_test_acc": ort_test, "params": baselines.stored_parameters(model), "params_nonzero": params_nonzero,
-        "ort_ms": ms["pruned"], "dense_ort_ms": ms["dense"], "train_seconds": trained,
+        "ort_ms": ms["pruned"], "dense_ort_ms": ms["dense"], "predicted_speedup": predicted, "train_seconds": trained,
         "seconds": time.time() - started, "notes": info["notes"], "extra": info["extra"],
         "threads": args.threads, "repeats": args.repeats,
     }
@@ -487,6 +533,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--attention-length", type=int, default=SETTING_DEFAULTS["attention_length"],
                    help="mlprune methods count work instead of weights: each kept head also pays for its attention "
                         "at this many tokens (PruningConfig.attention_length; default: weights alone)")
+    p.add_argument("--cost-model", type=Path, default=SETTING_DEFAULTS["cost_model"],
+                   help="cost model JSON (mlprune calibrate) for the speed-up targets and every cell's predicted "
+                        "speed-up (default: the one shipped with mlprune_fx)")
     p.add_argument("--mask-lr-scale", type=float, default=SETTING_DEFAULTS["mask_lr_scale"],
                    help="the mlprune method's mask learning rate is this times the one train() derives from the run "
                         "(default_mask_lr): above 1 the thresholds travel further before the hold")
@@ -521,6 +570,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="reuse the dense fine-tuned models of an earlier --out folder (same fine-tuning settings)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
+    args.cost = None
+    if args.cost_model is not None:
+        try:
+            args.cost = mp.CostModel.load(args.cost_model)
+        except mp.CheckpointError as exc:
+            p.error(f"--cost-model: {exc}")
+        args.cost_model = str(args.cost_model)
+    if any(m in SPEEDUP_METHODS for m in args.methods) and args.attention_length is not None:
+        p.error("--attention-length applies to weight targets; the speed-up methods charge heads by the cost model")
     if args.prune_seed is None:
         args.prune_seed = args.seed
     if any(not 0 < t <= 1 for t in args.targets):

@@ -60,10 +60,12 @@ def per_row_accuracy(gm: torch.fx.GraphModule, data) -> float:
 
 
 def models_of(run: Path, dataset: str) -> dict[str, Path]:
-    """{target: saved model folder} of one dataset's mlprune cells."""
+    """{target: saved model folder} of one dataset's mlprune cells (not its other methods')."""
     found = {}
     for folder in sorted((run / "models").glob(f"{dataset}_mlprune_*")):
-        found[folder.name.rsplit("_", 1)[1]] = folder
+        method, target = folder.name[len(dataset) + 1:].rsplit("_", 1)
+        if method == "mlprune":
+            found[target] = folder
     return found
 
 

@@ -11,8 +11,10 @@ draws it.
 """
 
 from . import runtime
+from .calibrate import calibrate
 from .convert import convert
 from .core.config import PruningConfig
+from .core.cost_model import CostModel
 from .core.errors import (
     CaptureError,
     CheckpointError,
@@ -38,6 +40,7 @@ __all__ = [
     "CaptureError",
     "CheckpointError",
     "ConfigError",
+    "CostModel",
     "ExampleInputsError",
     "LearnableMask",
     "MLPruneError",
@@ -48,6 +51,7 @@ __all__ = [
     "PruningConfig",
     "SparsityReport",
     "UnsupportedModelError",
+    "calibrate",
     "convert",
     "describe",
     "export_onnx",

@@ -9,10 +9,13 @@ from torch import fx, nn
 
 from .core.config import PruningConfig
 from .core.errors import ConfigError, UnsupportedModelError
+from .core.leap import active_cost_model, check_reachable, model_shape
+from .core.pruning_state import pruning_state
 from .passes.analyze import find_structures
 from .passes.capture import capture
 from .passes.init_scores import init_scores
 from .passes.insert_masks import insert_masks
+from .runtime.timing import cpu_description
 
 SUPPORTED = "BERT, RoBERTa, DistilBERT, ELECTRA, MPNet, DeBERTa-v2/v3, ModernBERT, ALBERT and other BERT-family encoders"
 
@@ -43,4 +46,9 @@ def prepare(
             f"-> linear). Linears seen: {seen}.{why} mlprune_fx prunes {SUPPORTED}; "
             "run mlprune_fx.describe(model) to see what the graph holds."
         )
-    return init_scores(insert_masks(gm, structure, config), config.magnitude_prior)
+    prepared = init_scores(insert_masks(gm, structure, config), config.magnitude_prior)
+    state = pruning_state(prepared)
+    if config.speedup is not None:  # the shipped model too: it was fitted on one model and machine
+        active_cost_model(config).check_fits(model_shape(state), cpu_description())
+    check_reachable(state)
+    return prepared

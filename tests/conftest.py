@@ -166,3 +166,22 @@ def native_library():
     except build.BuildError as exc:
         pytest.fail(f"native libraries could not be built: {exc}")
     ops.load_library()
+
+
+@pytest.fixture
+def small_bert(monkeypatch):
+    """bench_accuracy's packaged model as a 2-layer, 64-wide BERT with the packaged tokenizer: the benchmarks'
+    plumbing, not MiniLM's cost."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from mlprune_fx.tools.models import packaged_model_dir
+
+    def load(num_labels=2, attn_implementation="sdpa"):
+        config = AutoConfig.from_pretrained(packaged_model_dir(), num_labels=num_labels, num_hidden_layers=2,
+                                            hidden_size=64, num_attention_heads=4, intermediate_size=128)
+        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
+        return model, AutoTokenizer.from_pretrained(packaged_model_dir())
+
+    from benchmarks import bench_accuracy
+
+    monkeypatch.setattr(bench_accuracy, "load_packaged_model", load)

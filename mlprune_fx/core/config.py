@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from .cost_model import CostModel
 from .errors import ConfigError
 
 GRANULARITIES = ("head", "row", "block", "unstructured")
@@ -24,7 +25,13 @@ class PruningConfig:
     """What to prune and how far.
 
     target: remaining fraction of the prunable encoder weights (of their work, with
-        attention_length), in (0, 1].
+        attention_length), in (0, 1]. 0.5 when neither target nor speedup is given.
+    speedup: instead of target, how many times faster than dense the converted model
+        should run in ONNX Runtime, predicted by `cost_model`: the regulariser then drives
+        predicted latency / dense latency to 1 / speedup.
+    cost_model: the `CostModel` that predicts latency (from `mlprune_fx.calibrate` on the
+        deployment machine); None uses the one shipped with the package. Reports use it
+        for their predicted speed-up whatever the target.
     granularity: any of "head", "row", "block", "unstructured".
     block_size: side of the square blocks of the "block" granularity, 16 or 32.
     prune_output_rows: with "row", also mask the output rows of attention-output
@@ -45,7 +52,9 @@ class PruningConfig:
         their cost in time. None (the default) counts weights alone.
     """
 
-    target: float = 0.5
+    target: float | None = None
+    speedup: float | None = None
+    cost_model: CostModel | None = None
     granularity: tuple[str, ...] = ("head", "row")
     block_size: int = 32
     prune_output_rows: bool = True
@@ -72,7 +81,24 @@ class PruningConfig:
             raise ConfigError(
                 f"granularity {self.granularity!r} is not valid: use one or more of {GRANULARITIES}"
             )
-        if not isinstance(self.target, (int, float)) or not 0.0 < float(self.target) <= 1.0:
+        if isinstance(self.cost_model, dict):
+            object.__setattr__(self, "cost_model", CostModel.from_json(self.cost_model))
+        if self.target is not None and self.speedup is not None:
+            raise ConfigError(
+                f"target={self.target!r} and speedup={self.speedup!r} are both set: give one, the share of the "
+                "weights to keep (target) or how many times faster the model should run (speedup)"
+            )
+        if self.speedup is not None:
+            if isinstance(self.speedup, bool) or not isinstance(self.speedup, (int, float)) or not 1.0 < self.speedup < math.inf:
+                raise ConfigError(f"speedup={self.speedup!r} must be a number > 1: how many times faster than dense, e.g. 4")
+            if self.attention_length is not None:
+                raise ConfigError("attention_length charges heads in weights' worth; with speedup the cost model charges "
+                                  "them in time already: drop attention_length")
+        elif self.target is None:
+            object.__setattr__(self, "target", 0.5)
+        if self.cost_model is not None and not isinstance(self.cost_model, CostModel):
+            raise ConfigError(f"cost_model must be a mlprune_fx.CostModel (mlprune_fx.calibrate), got {type(self.cost_model).__name__}")
+        if self.target is not None and (not isinstance(self.target, (int, float)) or not 0.0 < float(self.target) <= 1.0):
             raise ConfigError(
                 f"target={self.target!r} is outside (0, 1]: it is the fraction of encoder "
                 "weights to keep, e.g. 0.2 keeps 20 %"
@@ -97,7 +123,16 @@ class PruningConfig:
             raise ConfigError("lambda_f, lambda_min and lambda_small must be >= 0")
 
     def replace(self, **changes) -> "PruningConfig":
+        if "speedup" in changes and "target" not in changes:
+            changes["target"] = None
+        if "target" in changes and "speedup" not in changes:
+            changes["speedup"] = None
         return dataclasses.replace(self, **changes)
+
+    @property
+    def share(self) -> float:
+        """What the regulariser drives rho to: the target, or 1 / speedup (rho is then latency over dense)."""
+        return 1.0 / self.speedup if self.speedup is not None else float(self.target)
 
     def uses(self, granularity: str) -> bool:
         return granularity in self.granularity

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from .leap import attention_work
+from .leap import work_terms
 from .mask_functions import expand_blocks, expand_units, masked_weight
 from .pruning_state import LinearMasks, mask_modules, pruning_state
 
@@ -64,15 +64,21 @@ def kept_weights(lm: LinearMasks, masks: dict[str, torch.Tensor], block: int) ->
 def kept_share(gm: fx.GraphModule, work: bool = False) -> float:
     """Share of the prunable weights the hard masks keep (what convert keeps).
 
-    work: count what the target counts instead: with `attention_length` set, each
-    kept head's attention joins both sums (see `leap.attention_work`).
+    work: count what the target counts instead (`leap.work_terms`): with `attention_length`
+    each kept head's attention joins both sums; with a speed-up target the share is the
+    predicted latency over the dense model's.
     """
     state = pruning_state(gm)
     masks = {k: v.detach().cpu() for k, v in current_masks(gm).items()}
     block = state.config.block_size
-    kept = sum(float(kept_weights(lm, masks, block)) for lm in state.linears)
-    total = sum(lm.site.numel for lm in state.linears)
-    for cost, key in attention_work(state) if work else []:
-        kept += cost * (float(masks[key].mean()) if key is not None else 1.0)
+    terms = work_terms(state) if work else None
+    kept = terms.fixed if terms else 0.0
+    total = kept
+    for lm in state.linears:
+        cost = terms.weight[lm.site.weight] if terms else 1.0
+        kept += cost * float(kept_weights(lm, masks, block))
+        total += cost * lm.site.numel
+    for cost, key in terms.heads if terms else ():
+        kept += cost * (float(masks[key].float().mean()) if key is not None else 1.0)
         total += cost
-    return kept / max(total, 1)
+    return kept / max(total, 1e-12)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import fx
 
 from .kept_weights import current_masks, effective_mask, kept_weights
+from .latency import LatencyPrediction, predict_latency
 from .leap import soft_remaining
 from .pruning_state import pruning_state
 
@@ -25,12 +26,22 @@ class MatrixReport:
 
 @dataclass(frozen=True)
 class SparsityReport:
-    """Per-matrix and overall remaining ratios; the denominator is every prunable encoder weight."""
+    """Per-matrix and overall remaining ratios (the denominator is every prunable encoder weight), and
+    the latency the cost model predicts for the converted model (`latency`: ms, dense_ms, speedup)."""
 
     matrices: tuple[MatrixReport, ...]
     heads_kept: dict[str, tuple[int, int]]
     soft_remaining: float | None
     penalty: dict[str, float]
+    latency: LatencyPrediction | None = None
+
+    @property
+    def predicted_speedup(self) -> float | None:
+        return self.latency.speedup if self.latency is not None else None
+
+    @property
+    def predicted_ms(self) -> float | None:
+        return self.latency.ms if self.latency is not None else None
 
     @property
     def kept(self) -> int:
@@ -55,6 +66,10 @@ class SparsityReport:
         lines.append(f"overall: {self.kept}/{self.total} weights = {self.remaining:.2%} remaining")
         if self.soft_remaining is not None:
             lines.append(f"regulariser's rho (sigmoid of thresholds): {self.soft_remaining:.2%}")
+        if self.latency is not None:
+            p = self.latency
+            lines.append(f"predicted ONNX Runtime latency at batch {p.batch} x {p.seq}: {p.ms:.3g} ms against "
+                         f"{p.dense_ms:.3g} ms dense ({p.speedup:.2f}x faster; cost model)")
         if self.penalty:
             lines.append("last penalty: " + ", ".join(f"{k}={v:.4g}" for k, v in self.penalty.items()))
         return "\n".join(lines)
@@ -76,4 +91,4 @@ def sparsity_report(gm: fx.GraphModule) -> SparsityReport:
         if lm is not None and lm.rows is not None:
             heads[attention.name] = (int(masks[lm.rows.key].sum()), attention.num_heads)
     soft = float(soft_remaining(gm).detach()) if state.stage == "prepared" else None
-    return SparsityReport(tuple(rows), heads, soft, dict(state.last_penalty))
+    return SparsityReport(tuple(rows), heads, soft, dict(state.last_penalty), predict_latency(gm))

@@ -61,7 +61,7 @@ class ThresholdHold:
     @torch.no_grad()
     def calibrate(self, target: float | None = None, iterations: int = 50) -> float:
         """Bisect the shared adjustment (see `scaled_ratios`); returns the hard ratio reached."""
-        target = pruning_state(self.prepared, "prepared").config.target if target is None else target
+        target = pruning_state(self.prepared, "prepared").config.share if target is None else target
         base = torch.sigmoid(torch.stack([t.detach().double().reshape(()) for t in self.thresholds]))
 
         def ratio_at(adjust: float) -> float:

@@ -73,7 +73,7 @@ def default_mask_lr(prepared: nn.Module, steps: int, warmup: float = 0.1, descen
     the target and the starting thresholds, never on tuning.
     """
     prepared = unwrap(prepared)
-    target = pruning_state(prepared, "prepared").config.target
+    target = pruning_state(prepared, "prepared").config.share
     thresholds = [float(m.threshold.detach()) for m in mask_modules(prepared).values()]
     if not thresholds or target >= 1:
         return 1e-2

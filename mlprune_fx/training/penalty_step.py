@@ -57,7 +57,7 @@ class PenaltyStep:
         if abs(self.hold.adjust) > ADJUST_WARNING:
             warnings.warn(
                 f"the regulariser left the hard ratio at {self.hold.before:.3f} for a target of "
-                f"{pruning_state(self.prepared).config.target}, so the hold {describe_adjust(self.hold.adjust)}. "
+                f"{pruning_state(self.prepared).config.share:.3g}, so the hold {describe_adjust(self.hold.adjust)}. "
                 "Train longer so the regulariser gets closer itself",
                 stacklevel=3,
             )

@@ -8,21 +8,7 @@ import pytest
 
 from benchmarks import bench_accuracy
 
-
-@pytest.fixture(autouse=True)
-def small_bert(monkeypatch):
-    """The packaged tokenizer on a 2-layer, 64-wide BERT: the benchmark's plumbing, not MiniLM's cost."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from mlprune_fx.tools.models import packaged_model_dir
-
-    def load(num_labels=2, attn_implementation="sdpa"):
-        config = AutoConfig.from_pretrained(packaged_model_dir(), num_labels=num_labels, num_hidden_layers=2,
-                                            hidden_size=64, num_attention_heads=4, intermediate_size=128)
-        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
-        return model, AutoTokenizer.from_pretrained(packaged_model_dir())
-
-    monkeypatch.setattr(bench_accuracy, "load_packaged_model", load)
+pytestmark = pytest.mark.usefixtures("small_bert")  # tests/conftest.py
 
 
 def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
@@ -31,7 +17,7 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     prepare, train = bench_accuracy.mp.prepare, bench_accuracy.train
 
     def spy_prepare(model, config=None, *a, **k):
-        if config is not None and config.target < 1:
+        if config is not None and config.target is not None and config.target < 1:
             seen["config"] = config
         return prepare(model, config, *a, **k)
 

@@ -185,7 +185,8 @@ def test_hold_masks_magnitude_prior_and_attention_length_from_flags_or_config(tm
             "--max-length", "16", "--batch-size", "8", "--steps", "2", "--target", "0.5", "--quiet"]
     r = tmp_path / "flags"
     assert run("prune", "--run", r, *args, "--hold-masks", "--magnitude-prior", "1", "--attention-length", "16") == 0
-    assert "of the work at 16 tokens (target 50%)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "of the work at 16 tokens, predicted" in out and "(target 50%)" in out
     saved = json.loads((r / "prune.json").read_text())
     assert held == [True] and saved["hold_masks"] is True and saved["config"]["magnitude_prior"] == 1
     assert saved["config"]["attention_length"] == 16 and load(r / "prepared").meta["mlprune_fx"].config.attention_length == 16
@@ -354,3 +355,24 @@ def test_help_teaches_the_flow(capsys):
     text = capsys.readouterr().out
     for command in ("finetune", "prune", "convert", "export", "evaluate", "bench", "report"):
         assert f"mlprune {command}" in text
+
+
+def test_calibrate_then_prune_to_a_speedup(tmp_path, tiny_hf, tiny_csv, capsys):
+    r = tmp_path / "run"
+    data = ["--data", tiny_csv, "--text-column", "review", "--label-column", "sentiment", "--max-length", "16", "--quiet"]
+    assert run("calibrate", "--run", r, "--model", tiny_hf, "--batch", "2", "--seq", "16", "--threads", "1",
+               "--no-blocks", "--quiet") == 0
+    assert (r / "cost_model.json").exists() and "cost model in" in capsys.readouterr().out
+    # A 0.1 ms model's timings are noise (they can fit weight_ns = 0): fixed coefficients keep prune deterministic.
+    fitted = json.loads((r / "cost_model.json").read_text())
+    fitted.update(weight_ns=0.1, block_weight_ns=0.1, head_ns=1.0, fixed_ns=1.0)
+    (r / "cost_model.json").write_text(json.dumps(fitted))
+    assert run("prune", "--run", r, "--model", tiny_hf, "--steps", "4", "--batch-size", "8", "--speedup", "1.3", *data) == 0
+    record = json.loads((r / "prune.json").read_text())
+    assert record["config"]["speedup"] == 1.3 and record["config"]["target"] is None
+    assert record["config"]["cost_model"]["model"]["hidden"] == 32 and record["predicted_speedup"] > 1
+    assert "predicted" in capsys.readouterr().out
+    assert run("prune", "--run", r, "--model", tiny_hf, "--speedup", "2", "--target", "0.5", *data) == 2
+    assert "both set" in capsys.readouterr().err
+    assert run("prune", "--run", r, "--model", tiny_hf, "--speedup", "2", "--cost-model", tmp_path / "none.json", *data) == 2
+    assert "no cost model at" in capsys.readouterr().err

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--model", help="HF folder or name (default: RUN/dense, else the packaged MiniLM)")
     p.add_argument("--target", type=float, help="remaining fraction of the encoder weights (default 0.5)")
+    p.add_argument("--speedup", type=float,
+                   help="instead of --target: how many times faster than dense the model should run in ONNX Runtime, "
+                   "as the cost model predicts (RUN/cost_model.json from `mlprune calibrate`, else the shipped one)")
+    p.add_argument("--cost-model", help="a cost model JSON for --speedup (default RUN/cost_model.json)")
     p.add_argument("--granularity", nargs="+", choices=["head", "row", "block", "unstructured"], help="default: head row")
     p.add_argument("--block-size", type=int, help="side of the blocks (16 or 32; default 32)")
     p.add_argument("--keep-output-rows", action="store_true",
@@ -106,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps2", type=int, help="steps of the second step (default: --steps)")
     _resumable(p)
     add_data_arguments(p)
+
+    p = sub.add_parser("calibrate", help="fit the latency cost model on this machine",
+                       description="Time a few pruned variants of the model in ONNX Runtime here and fit the cost model "
+                       "that `prune --speedup` and the reports use; writes RUN/cost_model.json.")
+    _common(p, device=False)
+    p.add_argument("--model", help="HF folder or name (default: RUN/dense, else the packaged MiniLM)")
+    p.add_argument("--batch", type=int, default=8, help="batch size the model will serve (default 8)")
+    p.add_argument("--seq", type=int, default=128, help="sequence length it will serve (default 128)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads it will run with (default 2)")
+    _quantize(p, "fit for int8 models")
+    p.add_argument("--no-blocks", dest="blocks", action="store_false", help="leave out the block-sparse variants")
+    p.add_argument("--output", help="where to write (default RUN/cost_model.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("convert", help="remove what was pruned", description="Freeze the masks, drop pruned heads and rows, run sparse blocks on the native kernel, optionally in int8; writes RUN/converted.")
     _common(p, device=False)
@@ -145,12 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .deploy_commands import bench_command, convert_command, evaluate_command, export_command
+    from .deploy_commands import bench_command, calibrate_command, convert_command, evaluate_command, export_command
     from .report_command import report_command
     from .train_commands import finetune, prune
 
     commands = {
-        "finetune": finetune, "prune": prune, "convert": convert_command, "export": export_command,
+        "finetune": finetune, "prune": prune, "calibrate": calibrate_command, "convert": convert_command, "export": export_command,
         "evaluate": evaluate_command, "bench": bench_command, "report": report_command,
     }
     args = build_parser().parse_args(argv)

@@ -37,6 +37,27 @@ def _example(run: RunDir, batch: int = 2, seq: int = 16) -> dict[str, torch.Tens
     return dict(enc)
 
 
+def calibrate_command(args: argparse.Namespace) -> None:
+    from mlprune_fx import calibrate
+
+    from .inputs import load_hf
+
+    run = RunDir(Path(args.run))
+    source = args.model or (run.dense if run.dense.exists() else None)
+    model, _ = load_hf(source)
+    print(f"calibrating on {source or 'the packaged MiniLM'}: batch {args.batch} x {args.seq}, {args.threads} threads"
+          f"{', int8' if args.quantize else ''}")
+    cost = calibrate(model, batch=args.batch, seq=args.seq, threads=args.threads, quantize=args.quantize,
+                     blocks=args.blocks, progress=not args.quiet)
+    out = cost.save(Path(args.output) if args.output else run.cost_model)
+    fit = cost.fit
+    timed = sum(k.startswith("ms ") for k in fit)
+    print(f"dense {fit['dense_ms']:.1f} ms (predicted); the fit matches the {timed} variants timed "
+          f"({fit['layers_timed']:.0f} layers) within {fit['max_error']:.1%} (mean {fit['mean_error']:.1%}); cost "
+          f"model in {out}")
+    run.write_step("calibrate", {"cost_model": str(out), "fit": fit})
+
+
 def _quantized(fp32, run: RunDir) -> tuple[object, float]:
     """fp32's int8 form, and the largest logit difference between the two on an example batch."""
     q = quantize_linears(copy_graph_module(fp32))

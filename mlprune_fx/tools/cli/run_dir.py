@@ -32,6 +32,11 @@ class RunDir:
         return self.root / "converted"
 
     @property
+    def cost_model(self) -> Path:
+        """What `mlprune calibrate` wrote: the cost model `prune --speedup` uses."""
+        return self.root / "cost_model.json"
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mlprune_fx import PruningConfig, prepare, save, sparsity_report
+from mlprune_fx import CostModel, PruningConfig, prepare, save, sparsity_report
 from mlprune_fx.core.errors import MLPruneError
 from mlprune_fx.training import hard_target_share, train
 from mlprune_fx.training.distill import enable_distillation_outputs
@@ -87,7 +87,19 @@ def finetune(args: argparse.Namespace) -> None:
     print(f"dense model in {run.dense}: dev accuracy {result['dev_accuracy']:.2%}, test accuracy {result['test_accuracy']:.2%}")
 
 
-def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
+def _cost_model(args: argparse.Namespace, run: RunDir) -> CostModel | None:
+    """--cost-model, else RUN/cost_model.json from `mlprune calibrate`, else None (the shipped one)."""
+    path = Path(args.cost_model) if args.cost_model else run.cost_model
+    if not args.cost_model and not path.exists():
+        print("note: no cost model calibrated for this run (mlprune calibrate); using the one shipped with mlprune_fx")
+        return None
+    try:
+        return CostModel.load(path)
+    except MLPruneError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _pruning_config(args: argparse.Namespace, run: RunDir) -> tuple[PruningConfig, dict]:
     """PruningConfig from --config (JSON) with flags on top; the rest of the file are training settings."""
     settings: dict = {}
     if args.config:
@@ -103,11 +115,17 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
     _check_training_settings(args.config, rest, fields)
     if args.two_step:
         _check_two_step(args, cfg)
-    flags = (("target", args.target), ("block_size", args.block_size), ("magnitude_prior", args.magnitude_prior),
-             ("attention_length", args.attention_length))
+    flags = (("target", args.target), ("speedup", args.speedup), ("block_size", args.block_size),
+             ("magnitude_prior", args.magnitude_prior), ("attention_length", args.attention_length))
     for key, flag in flags:
         if flag is not None:
             cfg[key] = flag
+    if args.target is not None and args.speedup is None:
+        cfg.pop("speedup", None)  # the flag replaces a speed-up the file asked for
+    if args.speedup is not None and args.target is None:
+        cfg.pop("target", None)
+    if cfg.get("speedup") is not None:
+        cfg["cost_model"] = _cost_model(args, run)
     if args.granularity:
         cfg["granularity"] = tuple(args.granularity)
     if args.keep_output_rows:
@@ -118,7 +136,7 @@ def _pruning_config(args: argparse.Namespace) -> tuple[PruningConfig, dict]:
         raise CLIError(f"bad pruning config: {exc}") from exc
 
 
-_TWO_STEP_SETS = ("target", "granularity")  # what two-step pruning sets itself, from --r1, --r2 and --second
+_TWO_STEP_SETS = ("target", "speedup", "granularity")  # what two-step pruning sets itself, from --r1, --r2 and --second
 
 
 def _check_two_step(args: argparse.Namespace, from_file: dict) -> None:
@@ -148,7 +166,7 @@ def _model_name(model: str | None) -> str | None:
 def prune(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
     device = check_device(args.device)
-    cfg, settings = _pruning_config(args)
+    cfg, settings = _pruning_config(args, run)
     spec = data_spec(args, run)
     splits = load_splits(spec)
     source = args.model or (run.dense if run.dense.exists() else None)
@@ -195,9 +213,11 @@ def prune(args: argparse.Namespace) -> None:
                   "distillation_outputs": added}
         work = (f", {hard_target_share(prepared):.1%} of the work at {cfg.attention_length} tokens"
                 if cfg.attention_length is not None else "")
-        print(f"pruned to {report.remaining:.1%} of the encoder weights{work} (target {cfg.target:.0%}); "
-              f"prepared model in {run.prepared}")
+        asked = f"speed-up {cfg.speedup:g}x" if cfg.speedup is not None else f"target {cfg.target:.0%}"
+        print(f"pruned to {report.remaining:.1%} of the encoder weights{work}, predicted {report.predicted_speedup:.2f}x "
+              f"faster than dense ({asked}); prepared model in {run.prepared}")
     record["remaining"], record["hold_masks"] = report.remaining, hold_masks
+    record["predicted_speedup"] = report.predicted_speedup
     record["model"] = _model_name(args.model)
     record["batch_size"], record["group_by_length"] = args.batch_size, args.group_by_length
     pruned = result.model if args.two_step else prepared

@@ -1,0 +1,114 @@
+"""How well the cost model predicts: calibrate, then time random pruned shapes it never saw.
+
+Calibrates `mlprune_fx.calibrate` on the model (its own pruned variants), then draws `--shapes` random
+layouts (heads and FFN rows kept per layer, each uniform in [0.1, 1]; every other one also with
+32x32 blocks at a random density) and times each converted model against the dense one in ONNX
+Runtime, one session open at a time, at batch x seq. Prints predicted against measured speed-up and
+the error. Run: python -m benchmarks.bench_cost_model [--model bert-base] [--quantize int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import mlprune_fx as mp
+from mlprune_fx.core.pruning_state import mask_modules
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
+from mlprune_fx.tools.models import load_packaged_model
+
+
+def model_named(name: str, layers: int):
+    if name == "minilm":
+        model, _ = load_packaged_model(num_labels=2)
+        return model.eval()
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(num_hidden_layers=layers)).eval()
+
+
+def random_shape(model, cost: mp.CostModel, seed: int, blocks: bool) -> tuple[str, torch.fx.GraphModule]:
+    """A prepared model keeping a random share of each layer's heads and rows (and blocks)."""
+    granularity = ("head", "row", "block") if blocks else ("head", "row")
+    prepared = mp.prepare(model, mp.PruningConfig(granularity=granularity, prune_output_rows=False, cost_model=cost))
+    g = torch.Generator().manual_seed(seed)
+    density = 0.2 + 0.5 * float(torch.rand((), generator=g))
+    shares = []
+    with torch.no_grad():
+        for key, mask in mask_modules(prepared).items():
+            share = density if key.endswith("__blocks") else 0.1 + 0.9 * float(torch.rand((), generator=g))
+            n = mask.scores.numel()
+            k = min(n, max(1, round(share * n)))
+            mask.scores.copy_(torch.randn(mask.scores.shape, generator=g))
+            mask.threshold.fill_(math.log((k - 0.5) / (n - k + 0.5)) if k < n else 20.0)
+            if not key.endswith("__blocks"):
+                shares.append(k / n)
+    name = f"#{seed} units kept {min(shares):.0%}-{max(shares):.0%}" + (f", blocks {density:.0%}" if blocks else "")
+    return name, prepared.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["minilm", "bert-base"], default="minilm")
+    p.add_argument("--layers", type=int, default=4, help="layers of the bert-base shapes (12 is the real one)")
+    p.add_argument("--shapes", type=int, default=12)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quantize", choices=["int8"])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--save", type=Path, help="also write the calibration to this JSON file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = model_named(args.model, args.layers)
+    print(machine_header(args.threads), flush=True)
+    started = time.time()
+    cost = mp.calibrate(model, batch=args.batch, seq=args.seq, threads=args.threads, quantize=args.quantize)
+    print(f"calibrated in {time.time() - started:.0f} s: weight {cost.weight_ns:.3g} ns, block weight "
+          f"{cost.block_weight_ns:.3g} ns, head {cost.head_ns:.3g} ns, fixed {cost.fixed_ns:.3g} ns per token; the fit "
+          f"matches its {sum(k.startswith('ms ') for k in cost.fit)} variants ({cost.fit['layers_timed']:.0f} layers timed) "
+          f"within {cost.fit['max_error']:.1%}", flush=True)
+    if args.save:
+        print(f"calibration written to {cost.save(args.save)}", flush=True)
+    dense = mp.convert(mp.prepare(model, mp.PruningConfig()))
+    rows, errors = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        low = min(1000, model.config.vocab_size // 2)
+        ids = torch.randint(low, model.config.vocab_size, (2, 16))
+        small = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        paths = {"dense": mp.export_onnx(dense, tmp / "dense.onnx", small)}
+        predicted = {}
+        for i in range(args.shapes):
+            name, prepared = random_shape(model, cost, i, blocks=i % 2 == 1)
+            predicted[name] = mp.sparsity_report(prepared).predicted_speedup
+            converted = mp.convert(prepared, quantize=args.quantize, max_block_density=cost.max_block_density)
+            paths[name] = mp.export_onnx(converted, tmp / f"{i}.onnx", small)
+        if args.quantize:
+            paths["dense"] = mp.export_onnx(mp.convert(mp.prepare(model, mp.PruningConfig()), quantize=args.quantize),
+                                            tmp / "dense_q.onnx", small)
+        x = torch.randint(low, model.config.vocab_size, (args.batch, args.seq))
+        feeds = {"input_ids": x.numpy(), "attention_mask": torch.ones_like(x).numpy()}
+
+        ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in paths.items()}, rounds=args.rounds,
+                           runs=args.repeats)
+    for name, speedup in predicted.items():
+        measured = ms["dense"] / ms[name]
+        errors.append(abs(speedup - measured) / measured)
+        rows.append([name, f"{ms[name]:.1f}", f"{measured:.2f}x", f"{speedup:.2f}x", f"{(speedup / measured - 1):+.1%}"])
+    print("\n" + markdown_table(["random shape", "ORT ms", "measured speed-up", "predicted", "error"], rows))
+    print(f"\ndense {ms['dense']:.1f} ms; {args.model}{f' ({args.layers} layers)' if args.model == 'bert-base' else ''}, "
+          f"batch {args.batch} x {args.seq}, {args.threads} threads{', int8' if args.quantize else ''}; prediction error "
+          f"mean {statistics.mean(errors):.1%}, max {max(errors):.1%} (target: within 10 %)")
+
+
+if __name__ == "__main__":
+    main()

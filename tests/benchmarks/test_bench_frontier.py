@@ -1,0 +1,62 @@
+"""The frontier benchmark end to end at toy size: calibration, every method at a speed-up, int8 forms, the verdicts."""
+
+import json
+
+import pytest
+
+from benchmarks import bench_frontier
+
+pytestmark = pytest.mark.usefixtures("small_bert")  # tests/conftest.py
+
+
+def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys):
+    methods = ["mlprune_speedup", "mlprune_speedup_blocks", "magnitude"]  # a peer through ORT's quantize_dynamic
+    argv = ["--datasets", "rotten_tomatoes", "--speedups", "3", "--seeds", "0", "--methods", *methods,
+            "--threads", "1", "--batch", "1", "--seq", "8", "--rounds", "1", "--repeats", "1", "--no-progress",
+            "--out", str(tmp_path), "--", "--examples", "120", "--finetune-steps", "2", "--prune-steps", "4",
+            "--batch-size", "8", "--max-length", "16", "--repeats", "1"]
+    # a made-up calibration (mlprune_fx.calibrate has its own tests): a toy model's timings are all fixed cost
+    bench_frontier.mp.CostModel(0.01, 0.01, 0.06, 0.1, batch=1, seq=8, threads=1).save(tmp_path / "cost_model.json")
+    bench_frontier.main(argv)
+    out = capsys.readouterr().out
+    assert (tmp_path / "frontier.png").stat().st_size > 0
+    results = json.loads((tmp_path / "seed0" / "results.json").read_text())
+    cells = results["datasets"]["rotten_tomatoes"]["cells"]
+    assert set(cells) == {f"{m}@0.333333" for m in methods}
+    assert all(c["predicted_speedup"] > 0 for c in cells.values())
+    assert results["settings"]["cost_model"] == str(tmp_path / "cost_model.json")
+    int8 = json.loads((tmp_path / "int8.json").read_text())
+    assert {f"seed0/rotten_tomatoes/{m}@0.333333" for m in methods} | {"seed0/rotten_tomatoes/dense"} == set(int8)
+    assert all(int8[f"seed0/rotten_tomatoes/{m}@0.333333"]["fp32_ms"] > 0 for m in methods)  # fp32 timed alone too
+    md = (tmp_path / "frontier.md").read_text()
+    for name in ["dense", "dense + ORT quantize_dynamic", "mlprune_speedup + int8", "magnitude + ORT quantize_dynamic"]:
+        assert f"| {name} |" in md
+    assert "rotten_tomatoes mlprune_speedup asked 3x: measured" in out and "within 1 point" in out
+    assert "rotten_tomatoes mlprune_speedup_blocks @ 3x: predicted" in out
+    assert "Frontier (best mean test accuracy at the speed-up or faster" in md
+    # resumable: a second run trains nothing and times nothing again
+    capsys.readouterr()
+    bench_frontier.main(argv)
+    out = capsys.readouterr().out
+    assert ": remaining" not in out and "int8 test" not in out
+
+
+def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_within_one_standard_error():
+    def at(acc, speedup, predicted=None):
+        return [{"test_acc": acc, "speedup": speedup, "predicted": predicted}]
+
+    table = {("dense", 1.0): at(0.82, 1.0), ("mlprune_speedup", 3.0): at(0.815, 2.8, 3.0),
+             ("mlprune_speedup + int8", 3.0): at(0.81, 6.0), ("torch_pruning", 3.0): at(0.80, 3.1),
+             ("torch_pruning + ORT quantize_dynamic", 3.0): at(0.79, 9.0)}
+    assert bench_frontier.frontier(table, "mlprune", 3.0) == (0.81, "mlprune_speedup + int8 @ 3x")  # 2.8x is too slow
+    assert bench_frontier.frontier(table, "torch_pruning", 8.0) == (0.79, "torch_pruning + ORT quantize_dynamic @ 3x")
+    assert bench_frontier.frontier(table, "mlprune", 7.0) is None
+    args = type("Args", (), {"speedups": [3.0, 8.0]})
+    text, verdicts = bench_frontier.report({"rt": table}, {"rt": 1275}, args)
+    se = (0.82 * 0.18 / 1275) ** 0.5
+    assert 0.81 - 0.80 < se  # so 3x is a tie
+    assert "rt at 3x: mlprune 81.00% vs torch_pruning 80.00%: tie" in verdicts
+    assert "rt at 8x: no mlprune model that fast, torch_pruning 79.00%: BELOW" in verdicts
+    assert any(v.startswith("rt: mlprune at 3x 81.00%") and "-1.00 pt (met" in v for v in verdicts)
+    assert "rt mlprune_speedup @ 3x: predicted 3.00x, measured 2.80x (+7.1%; target within 10 %)" in verdicts
+    assert "rt mlprune_speedup asked 3x: measured 2.80x (met: >= 2.70x)" in verdicts
