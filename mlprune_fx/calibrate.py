@@ -48,7 +48,8 @@ def _encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | 
                 found.append((parent, attr, child))
     if want is not None:
         found = [f for f in found if len(f[2]) == want]
-    return max(found, key=lambda f: len(f[2])) if len(found) == 1 or (want is None and found) else None
+        return found[0] if len(found) == 1 else None
+    return max(found, key=lambda f: len(f[2]), default=None)
 
 
 def _encoder_slice(model: nn.Module, layers: int | None) -> nn.Module:
@@ -154,9 +155,8 @@ def calibrate(
         for i, (name, prepared) in enumerate(bar):
             counts.append(latency_counts(prepared, max_block_density=1.0))
             converted = convert(prepared, max_block_density=1.0, quantize=quantize)
-            inputs = feeds or _feeds(converted, timed, batch, seq, seed)
-            feeds = inputs
-            small = {k: v[:2, :16] for k, v in inputs.items()}
+            feeds = feeds or _feeds(converted, timed, batch, seq, seed)
+            small = {k: v[:2, :16] for k, v in feeds.items()}
             paths[name] = export_onnx(converted, Path(tmp) / f"{i}.onnx", small)
             names.append(name)
         arrays = {k: v.numpy() for k, v in feeds.items()}
@@ -164,10 +164,10 @@ def calibrate(
                            warmup=1)
     coef = _fit(counts, [ms[n] for n in names], batch, seq)
     model_info = model_shape(pruning_state(variants[0][1]))
-    share = 1.0
+    layers_timed = model_info["layers"]
     if timed is not model:
-        share = len(_encoder_layers(model)[2]) / model_info["layers"]
         model_info["layers"] = len(_encoder_layers(model)[2])
+    share = model_info["layers"] / layers_timed  # the whole model's counts over the timed slice's
     dense = counts[0]
 
     def model_with(fit: dict) -> CostModel:
@@ -178,7 +178,7 @@ def calibrate(
     errors = [abs(c.ms(fitted) - ms[n]) / ms[n] for c, n in zip(counts, names)]
     whole = LatencyCounts(dense.dense_weights * share, 0.0, dense.heads_x_dim * share, dense.hidden_x_layers * share)
     fit = {"max_error": max(errors), "mean_error": sum(errors) / len(errors), "dense_ms": whole.ms(fitted),
-           "layers_timed": model_info["layers"] / share}
+           "layers_timed": layers_timed}
     return model_with({**fit, **{f"ms {n}": ms[n] for n in names}})
 
 
