@@ -2,9 +2,12 @@
 
 Calibrates `mlprune_fx.calibrate` on the model (its own pruned variants), then draws `--shapes` random
 layouts (heads and FFN rows kept per layer, each uniform in [0.1, 1]; every other one also with
-32x32 blocks at a random density) and times each converted model against the dense one in ONNX
-Runtime, one session open at a time, at batch x seq. Prints predicted against measured speed-up and
-the error. Run: python -m benchmarks.bench_cost_model [--model bert-base] [--quantize int8]
+32x32 blocks at a random density; two in four also with attention-output and FC2 rows pruned) and times
+each converted model against the dense one in ONNX Runtime, one session open at a time, at batch x seq.
+A layout with output rows pruned is converted twice: as convert chooses (compacted where the cost model
+says the saved rows pay for the scatter into the residual, "auto") and always compacted. Prints predicted
+against measured speed-up and the error.
+Run: python -m benchmarks.bench_cost_model [--model bert-base] [--quantize int8]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 import mlprune_fx as mp
+from mlprune_fx.core.latency import latency_counts
 from mlprune_fx.core.pruning_state import mask_modules
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 from mlprune_fx.tools.models import load_packaged_model
@@ -34,10 +38,11 @@ def model_named(name: str, layers: int):
     return BertForSequenceClassification(BertConfig(num_hidden_layers=layers)).eval()
 
 
-def random_shape(model, cost: mp.CostModel, seed: int, blocks: bool) -> tuple[str, torch.fx.GraphModule]:
-    """A prepared model keeping a random share of each layer's heads and rows (and blocks)."""
+def random_shape(model, cost: mp.CostModel, seed: int, blocks: bool, output_rows: bool = False):
+    """(name, prepared model keeping a random share of each layer's heads and rows, and blocks)."""
     granularity = ("head", "row", "block") if blocks else ("head", "row")
-    prepared = mp.prepare(model, mp.PruningConfig(granularity=granularity, prune_output_rows=False, cost_model=cost))
+    config = mp.PruningConfig(granularity=granularity, prune_output_rows=output_rows, cost_model=cost)
+    prepared = mp.prepare(model, config)
     g = torch.Generator().manual_seed(seed)
     density = 0.2 + 0.5 * float(torch.rand((), generator=g))
     shares = []
@@ -50,7 +55,8 @@ def random_shape(model, cost: mp.CostModel, seed: int, blocks: bool) -> tuple[st
             mask.threshold.fill_(math.log((k - 0.5) / (n - k + 0.5)) if k < n else 20.0)
             if not key.endswith("__blocks"):
                 shares.append(k / n)
-    name = f"#{seed} units kept {min(shares):.0%}-{max(shares):.0%}" + (f", blocks {density:.0%}" if blocks else "")
+    name = (f"#{seed} units kept {min(shares):.0%}-{max(shares):.0%}" + (f", blocks {density:.0%}" if blocks else "")
+            + (", output rows" if output_rows else ""))
     return name, prepared.eval()
 
 
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     cost = mp.calibrate(model, batch=args.batch, seq=args.seq, threads=args.threads, quantize=args.quantize)
     print(f"calibrated in {time.time() - started:.0f} s: weight {cost.weight_ns:.3g} ns, block weight "
-          f"{cost.block_weight_ns:.3g} ns, head {cost.head_ns:.3g} ns, fixed {cost.fixed_ns:.3g} ns per token; the fit "
+          f"{cost.block_weight_ns:.3g} ns, head {cost.head_ns:.3g} ns, fixed {cost.fixed_ns:.3g} ns, scatter "
+          f"{cost.scatter_ns:.3g} ns per token; the fit "
           f"matches its {sum(k.startswith('ms ') for k in cost.fit)} variants ({cost.fit['layers_timed']:.0f} layers timed) "
           f"within {cost.fit['max_error']:.1%}", flush=True)
     if args.save:
@@ -88,10 +95,17 @@ def main(argv: list[str] | None = None) -> None:
         paths = {"dense": mp.export_onnx(dense, tmp / "dense.onnx", small)}
         predicted = {}
         for i in range(args.shapes):
-            name, prepared = random_shape(model, cost, i, blocks=i % 2 == 1)
-            predicted[name] = mp.sparsity_report(prepared).predicted_speedup
-            converted = mp.convert(prepared, quantize=args.quantize, max_block_density=cost.max_block_density)
-            paths[name] = mp.export_onnx(converted, tmp / f"{i}.onnx", small)
+            name, prepared = random_shape(model, cost, i, blocks=i % 2 == 1, output_rows=i % 4 >= 2)
+            forms = {name: None}
+            if i % 4 >= 2:
+                forms = {f"{name} (auto)": None, f"{name} (compacted)": True}
+            for form, compact in forms.items():
+                counts = latency_counts(prepared, cost.max_block_density,
+                                        compacting=None if compact else cost.compacting_pays)
+                predicted[form] = latency_counts(prepared, cost.max_block_density, dense=True).ms(cost) / counts.ms(cost)
+                converted = mp.convert(prepared, quantize=args.quantize, max_block_density=cost.max_block_density,
+                                       compact_output_rows=compact)
+                paths[form] = mp.export_onnx(converted, tmp / f"{len(paths)}.onnx", small)
         if args.quantize:
             paths["dense"] = mp.export_onnx(mp.convert(mp.prepare(model, mp.PruningConfig()), quantize=args.quantize),
                                             tmp / "dense_q.onnx", small)
@@ -108,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ndense {ms['dense']:.1f} ms; {args.model}{f' ({args.layers} layers)' if args.model == 'bert-base' else ''}, "
           f"batch {args.batch} x {args.seq}, {args.threads} threads{', int8' if args.quantize else ''}; prediction error "
           f"mean {statistics.mean(errors):.1%}, max {max(errors):.1%} (target: within 10 %)")
+    for name in predicted:
+        if name.endswith("(auto)"):
+            compacted = name.replace("(auto)", "(compacted)")
+            print(f"{name.removesuffix(' (auto)')}: as convert chooses {ms[name]:.1f} ms, always compacted "
+                  f"{ms[compacted]:.1f} ms ({ms[compacted] / ms[name]:.2f}x)")
 
 
 if __name__ == "__main__":

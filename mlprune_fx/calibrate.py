@@ -18,7 +18,7 @@ from .convert import convert
 from .core.config import PruningConfig, check_quantization
 from .core.cost_model import CostModel
 from .core.errors import NativeLibraryMissing
-from .core.latency import LatencyCounts, latency_counts
+from .core.latency import LatencyCounts, latency_counts, output_row_sites
 from .core.leap import model_shape
 from .core.pruning_state import mask_modules, pruning_state
 from .export import export_onnx, input_names
@@ -27,9 +27,10 @@ from .prepare import prepare
 from .runtime.timing import cpu_description, session_opener, time_sessions
 
 # (heads kept, FFN rows kept) of the head-and-row variants, and kept-block densities of the block ones:
-# enough variety to separate the four terms (each side of the range and each kind of unit alone), few
+# enough variety to separate the five terms (each side of the range and each kind of unit alone), few
 # enough to stay within two minutes for BERT-base.
 HEAD_ROW_VARIANTS = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.1, 0.1))
+OUTPUT_ROWS_VARIANT = 0.5  # attention-output and FC2 rows kept, compacted: prices the scatter into the residual
 BLOCK_VARIANTS = (0.2, 0.5)
 BLOCK_SIZE = 32
 # Layers of the slice that is timed: every coefficient is per layer, and exporting and timing a deep model
@@ -87,6 +88,10 @@ def _variants(model: nn.Module, example: dict, blocks: bool, seed: int):
     base = prepare(model, PruningConfig(granularity=("head", "row"), prune_output_rows=False), example)
     for i, (heads, rows) in enumerate(HEAD_ROW_VARIANTS):
         yield f"heads {heads:.0%}, rows {rows:.0%}", _keep(copy_graph_module(base), {"__heads": heads, "__rows": rows}, seed + i)
+    scatter_base = prepare(model, PruningConfig(granularity=("row",)), example)
+    state = pruning_state(scatter_base)
+    output_rows = {lm.rows.key: OUTPUT_ROWS_VARIANT for lm in state.linears if lm.site.weight in output_row_sites(state)}
+    yield f"output rows {OUTPUT_ROWS_VARIANT:.0%}", _keep(scatter_base, output_rows, seed + 50)
     if blocks:
         block_base = prepare(model, PruningConfig(granularity=("block",), block_size=BLOCK_SIZE), example)
         for i, density in enumerate(BLOCK_VARIANTS):
@@ -94,18 +99,18 @@ def _variants(model: nn.Module, example: dict, blocks: bool, seed: int):
 
 
 def _fit(counts: list[LatencyCounts], ms: list[float], batch: int, seq: int) -> np.ndarray:
-    """Non-negative least squares on four unknowns (drop a term the fit drives negative, then refit)."""
-    rows = [[c.dense_weights, c.block_weights, c.heads_x_dim * seq, c.hidden_x_layers] for c in counts]
+    """Non-negative least squares on the five unknowns (drop a term the fit drives negative, then refit)."""
+    rows = [[c.dense_weights, c.block_weights, c.heads_x_dim * seq, c.hidden_x_layers, c.scattered] for c in counts]
     a = np.array(rows) * batch * seq * 1e-6  # ns per token -> ms for the batch
     t = np.array(ms)
-    active = [i for i in range(4) if a[:, i].any()]
+    active = [i for i in range(a.shape[1]) if a[:, i].any()]
     while True:
         scale = a[:, active] / t[:, None]  # relative errors, so the small variants count as much as dense
         x, *_ = np.linalg.lstsq(scale, np.ones(len(t)), rcond=None)
         if (x >= 0).all() or len(active) == 1:
             break
         active = [i for i, v in zip(active, x) if v >= 0]
-    coef = np.zeros(4)
+    coef = np.zeros(a.shape[1])
     coef[active] = np.clip(x, 0, None)
     return coef
 
@@ -125,9 +130,9 @@ def calibrate(
     seed: int = 0,
     progress: bool = True,
 ) -> CostModel:
-    """Fit a `CostModel` for `model` on this machine: convert a few pruned variants (heads, FFN rows, and
-    block-sparse matrices at two densities, random units), time each in ONNX Runtime at batch x seq, one
-    session open at a time, and fit the cost model's four coefficients to the times.
+    """Fit a `CostModel` for `model` on this machine: convert a few pruned variants (heads, FFN rows, output
+    rows compacted, and block-sparse matrices at two densities, random units), time each in ONNX Runtime at
+    batch x seq, one session open at a time, and fit the cost model's five coefficients to the times.
 
     quantize: fit for `convert(..., quantize=...)`'s models. blocks: include the block-sparse variants
     (they need the native library; without it the block terms are left out, with a warning).
@@ -154,7 +159,7 @@ def calibrate(
         feeds = None
         for i, (name, prepared) in enumerate(bar):
             counts.append(latency_counts(prepared, max_block_density=1.0))
-            converted = convert(prepared, max_block_density=1.0, quantize=quantize)
+            converted = convert(prepared, max_block_density=1.0, quantize=quantize, compact_output_rows=True)
             feeds = feeds or _feeds(converted, timed, batch, seq, seed)
             small = {k: v[:2, :16] for k, v in feeds.items()}
             paths[name] = export_onnx(converted, Path(tmp) / f"{i}.onnx", small)
@@ -171,8 +176,9 @@ def calibrate(
     dense = counts[0]
 
     def model_with(fit: dict) -> CostModel:
-        return CostModel(max(float(coef[0]), 1e-9), float(coef[1]), float(coef[2]), float(coef[3]), batch=batch, seq=seq,
-                         threads=threads, quantize=quantize, machine=cpu_description(), model=model_info, fit=fit)
+        return CostModel(max(float(coef[0]), 1e-9), float(coef[1]), float(coef[2]), float(coef[3]), float(coef[4]),
+                         batch=batch, seq=seq, threads=threads, quantize=quantize, machine=cpu_description(),
+                         model=model_info, fit=fit)
 
     fitted = model_with({})
     errors = [abs(c.ms(fitted) - ms[n]) / ms[n] for c, n in zip(counts, names)]

@@ -9,6 +9,7 @@ from torch import fx
 
 from .core.config import check_quantization
 from .core.errors import NativeLibraryMissing
+from .core.leap import active_cost_model
 from .core.pruning_state import pruning_state
 from .passes.cleanup import cleanup
 from .passes.compact_heads import compact_heads
@@ -32,6 +33,12 @@ def _lowering(gm: fx.GraphModule, wanted: bool | None, max_density: float) -> fx
         return gm
 
 
+def _compacting(config, wanted: bool | None):
+    if wanted is None:
+        return active_cost_model(config).compacting_pays
+    return None if wanted else (lambda out, inp, kept: kept == 0)
+
+
 def convert(
     prepared: fx.GraphModule,
     inference: bool = True,
@@ -40,6 +47,7 @@ def convert(
     lower_blocks: bool | None = None,
     max_block_density: float = DEFAULT_MAX_DENSITY,
     quantize: str | None = None,
+    compact_output_rows: bool | None = None,
 ) -> fx.GraphModule:
     """A smaller eval-mode GraphModule: pruned heads and rows are physically gone.
 
@@ -52,13 +60,18 @@ def convert(
     True a missing kernel is an error). quantize="int8": every kept encoder linear
     runs with int8 weights (per output channel) and int8 activations quantized on
     the fly, dense ones on ONNX Runtime's int8 GEMM, block-sparse ones on the native
-    kernel; pooler and classifier stay float32.
+    kernel; pooler and classifier stay float32. compact_output_rows: drop the pruned
+    output rows of attention-output and FC2 matrices and scatter what is left into the
+    residual stream (True), or keep them as zero rows (False); default: per matrix, where
+    the config's cost model (or the shipped one) says the saved rows pay for the scatter.
+    Every choice computes the same.
     """
     check_quantization(quantize)
     state = pruning_state(prepared, "prepared")
     gm = prepared if inplace else copy_graph_module(prepared)
     gm.eval()
-    steps = [functools.partial(freeze_masks, row_multiple=row_multiple), compact_heads, compact_rows]
+    steps = [functools.partial(freeze_masks, row_multiple=row_multiple), compact_heads,
+             functools.partial(compact_rows, compacting=_compacting(state.config, compact_output_rows))]
     if inference:
         steps[:0] = [drop_inputs, remove_dropout]
     has_blocks = any(lm.blocks is not None for lm in state.linears)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from ..core.latency import Compacting
 from ..core.mask_functions import broadcast_bias, expand_units
 from ..core.pruning_state import LinearMasks, PruningState, pruning_state
 from ..core.structures import LinearSite
@@ -66,8 +67,10 @@ def _compact_ffn_rows(gm, state: PruningState, nodes) -> None:
             state.renamed[block.fc2.node] = new.name
 
 
-def _compact_output_rows(gm, state: PruningState, nodes, lm: LinearMasks, site: LinearSite, residual: str | None, done: set[str]) -> None:
-    """out = residual + f(W x + b) becomes residual.index_add(-1, kept, f(W[kept] x + b[kept])).
+def _compact_output_rows(gm, state: PruningState, nodes, lm: LinearMasks, site: LinearSite, residual: str | None,
+                         done: set[str], compacting: Compacting | None) -> None:
+    """out = residual + f(W x + b) becomes residual.index_add(-1, kept, f(W[kept] x + b[kept])), where
+    `compacting` says the saved rows pay for the scatter (otherwise the pruned rows stay, as zeros).
 
     `site` is one use of the weight; a shared weight is sliced at its first use only.
     """
@@ -76,6 +79,10 @@ def _compact_output_rows(gm, state: PruningState, nodes, lm: LinearMasks, site: 
     rows = kept_indices(state.frozen[lm.rows.key])
     if len(rows) == site.out_features:
         return
+    if site.weight not in done and compacting is not None and lm.blocks is None:  # block-sparse: always compacted
+        out, inp = get_tensor(gm, site.weight).shape
+        if not compacting(out, inp, len(rows)):
+            return
     node = _site_node(state, nodes, site)
     if site.weight not in done:
         _slice(gm, site.weight, rows, 0)
@@ -104,7 +111,11 @@ def _reaches(node: fx.Node, source: fx.Node) -> bool:
     return False
 
 
-def compact_rows(gm: fx.GraphModule) -> fx.GraphModule:
+def compact_rows(gm: fx.GraphModule, compacting: Compacting | None = None) -> fx.GraphModule:
+    """compacting(out_features, in_features, kept rows): whether to drop a dense matrix's pruned output rows
+    (None: always), as the cost model's `compacting_pays` decides in convert. Block-masked matrices are
+    always compacted: the block kernel skips zero blocks but writes every output row, so their zero rows
+    would not be free (measured on MiniLM: compacted as fast or up to 6 % faster)."""
     state = pruning_state(gm, "frozen")
     nodes = nodes_by_name(gm)
     _compact_ffn_rows(gm, state, nodes)
@@ -113,10 +124,10 @@ def compact_rows(gm: fx.GraphModule) -> fx.GraphModule:
     for block in state.structure.attention:
         lm = state.masks_of(block.o.weight)
         if lm is not None:
-            _compact_output_rows(gm, state, nodes, lm, block.o, block.o_residual, done)
+            _compact_output_rows(gm, state, nodes, lm, block.o, block.o_residual, done, compacting)
     for block in state.structure.ffn:
         lm = state.masks_of(block.fc2.weight)
         if lm is not None:
-            _compact_output_rows(gm, state, nodes, lm, block.fc2, block.fc2_residual, done)
+            _compact_output_rows(gm, state, nodes, lm, block.fc2, block.fc2_residual, done, compacting)
     remove_dead_nodes(gm)
     return finish(gm)

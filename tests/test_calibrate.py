@@ -22,9 +22,9 @@ def fitted():
 def test_every_variant_is_timed_and_the_fit_reports_its_error(fitted):
     _, cost = fitted
     timed = [k for k in cost.fit if k.startswith("ms ")]
-    assert len(timed) == len(HEAD_ROW_VARIANTS) + len(BLOCK_VARIANTS)
+    assert len(timed) == len(HEAD_ROW_VARIANTS) + 1 + len(BLOCK_VARIANTS)  # and the output rows compacted
     assert all(cost.fit[k] > 0 for k in timed) and 0 <= cost.fit["mean_error"] <= cost.fit["max_error"]
-    assert cost.weight_ns > 0 and min(cost.block_weight_ns, cost.head_ns, cost.fixed_ns) >= 0
+    assert cost.weight_ns > 0 and min(cost.block_weight_ns, cost.head_ns, cost.fixed_ns, cost.scatter_ns) >= 0
     assert cost.model == {"hidden": 64, "layers": 2, "heads": 4, "head_dim": 16, "ffn": 128}
     assert cost.machine["cores"] and (cost.batch, cost.seq, cost.threads) == (2, 32, 1)
 
@@ -45,7 +45,7 @@ def test_without_block_variants_and_for_int8():
     model = tiny_model("bert", hidden=64, heads=4, inter=128, layers=1)
     cost = mp.calibrate(model, batch=2, seq=16, threads=1, rounds=1, runs=1, blocks=False, quantize="int8", progress=False)
     assert cost.quantize == "int8" and cost.block_weight_ns == 0
-    assert len([k for k in cost.fit if k.startswith("ms ")]) == len(HEAD_ROW_VARIANTS)
+    assert len([k for k in cost.fit if k.startswith("ms ")]) == len(HEAD_ROW_VARIANTS) + 1
     with pytest.raises(mp.ConfigError, match="quantize='int4'"):
         mp.calibrate(model, quantize="int4")
 

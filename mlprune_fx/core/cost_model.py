@@ -6,12 +6,18 @@ Per token of a `batch` x `seq` input, in nanoseconds, a converted encoder costs
   + block_weight_ns x  kept weights of block-sparse matrices (kept-block density below max_block_density)
   + head_ns         x  kept heads x seq x head_dim        (a head's attention grows with the sequence)
   + fixed_ns        x  hidden x layers                    (LayerNorms, residual adds, embeddings, classifier)
+  + scatter_ns      x  hidden x matrices whose pruned output rows are compacted away (their output is
+                       scattered into the residual stream with index_add instead of added to it)
 
 Each term is a count the masks decide, so the prediction is differentiable through the keep ratios
 the regulariser already uses. The coefficients are fitted on the deployment machine by
 `mlprune_fx.calibrate` (a few converted variants of the model, timed); `default_cost_model()` is one
 such fit shipped with the package, for users who do not calibrate. Predicted speed-ups are ratios of
 two predictions, so what the coefficients share (the machine's speed) cancels.
+
+The scatter is the one shape choice the terms leave open: an attention-output or FC2 matrix whose output
+rows are pruned can be compacted (fewer weights, one scatter) or kept whole with its pruned rows zero (no
+scatter); both compute the same. `compacting_pays` picks the cheaper, and convert does what it says.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class CostModel:
     block_weight_ns: float
     head_ns: float
     fixed_ns: float
+    scatter_ns: float = 0.0  # 0 in files written before it was fitted: compacting then always pays, as it did
     batch: int = 8
     seq: int = 128
     threads: int | None = None
@@ -47,7 +54,7 @@ class CostModel:
     fit: dict[str, float] = field(default_factory=dict)  # how well the fit matched its own timings
 
     def __post_init__(self) -> None:
-        for name in ("weight_ns", "block_weight_ns", "head_ns", "fixed_ns"):
+        for name in ("weight_ns", "block_weight_ns", "head_ns", "fixed_ns", "scatter_ns"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"cost model: {name}={value!r} must be a number >= 0")
@@ -58,11 +65,22 @@ class CostModel:
     def tokens(self) -> int:
         return self.batch * self.seq
 
-    def ms(self, dense_weights: float, block_weights: float, heads_x_dim: float, hidden_x_layers: float) -> float:
-        """Predicted latency in ms for these counts (heads_x_dim: kept heads times their head_dim)."""
+    def ms(self, dense_weights: float, block_weights: float, heads_x_dim: float, hidden_x_layers: float,
+           scattered: float = 0.0) -> float:
+        """Predicted latency in ms for these counts (heads_x_dim: kept heads times their head_dim; scattered:
+        the output widths of the matrices whose output rows are compacted)."""
         ns = (self.weight_ns * dense_weights + self.block_weight_ns * block_weights
-              + self.head_ns * self.seq * heads_x_dim + self.fixed_ns * hidden_x_layers)
+              + self.head_ns * self.seq * heads_x_dim + self.fixed_ns * hidden_x_layers + self.scatter_ns * scattered)
         return ns * self.tokens * 1e-6
+
+    def compacting_pays(self, out_features: int, in_features: int, kept_rows: int) -> bool:
+        """Whether dropping a matrix's pruned output rows (and scattering its output) beats keeping them as
+        zero rows: the weights it saves against the scatter it adds."""
+        if kept_rows >= out_features:
+            return False
+        if kept_rows == 0:
+            return True  # nothing left to scatter: the matrix and its residual add go
+        return self.weight_ns * (out_features - kept_rows) * in_features > self.scatter_ns * out_features
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **dataclasses.asdict(self)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,20 +43,33 @@ class LatencyCounts:
     block_weights: float
     heads_x_dim: float
     hidden_x_layers: float
+    scattered: float = 0.0
 
     def ms(self, cost) -> float:
-        return cost.ms(self.dense_weights, self.block_weights, self.heads_x_dim, self.hidden_x_layers)
+        return cost.ms(self.dense_weights, self.block_weights, self.heads_x_dim, self.hidden_x_layers, self.scattered)
+
+
+Compacting = Callable[[int, int, int], bool]  # (out_features, in_features, kept rows) -> drop the pruned output rows
+
+
+def output_row_sites(state) -> set[str]:
+    """The weights whose output rows compact_rows may drop: attention outputs and FC2s added to the residual."""
+    sites = {b.o.weight for b in state.structure.attention if b.o_residual}
+    return sites | {b.fc2.weight for b in state.structure.ffn if b.fc2_residual}
 
 
 @torch.no_grad()
-def latency_counts(gm: fx.GraphModule, max_block_density: float, dense: bool = False) -> LatencyCounts:
+def latency_counts(gm: fx.GraphModule, max_block_density: float, dense: bool = False,
+                   compacting: Compacting | None = None) -> LatencyCounts:
     """The counts of the model the hard masks describe, as convert builds it: compacted dense linears at
     their kept rows x columns, block-sparse ones (kept-block density below `max_block_density`) at their
-    kept blocks, kept heads, and what pruning leaves. dense: the same model with nothing pruned."""
+    kept blocks, kept heads, scattered outputs, and what pruning leaves. compacting: convert's choice for
+    pruned output rows (None: always drop them). dense: the same model with nothing pruned."""
     state = pruning_state(gm)
     masks = {k: v.detach().cpu().float() for k, v in current_masks(gm).items()}
     block = state.config.block_size
-    dense_w = block_w = 0.0
+    output_rows = output_row_sites(state)
+    dense_w = block_w = scattered = 0.0
     for lm in state.linears:
         uses = len(lm.nodes)
         if dense:
@@ -64,6 +78,12 @@ def latency_counts(gm: fx.GraphModule, max_block_density: float, dense: bool = F
         mask = effective_mask(lm, masks, block)
         rows = torch.nonzero(mask.sum(1) > 0).flatten()
         cols = torch.nonzero(mask.sum(0) > 0).flatten()
+        out = mask.shape[0]
+        if lm.site.weight in output_rows and lm.rows is not None and lm.rows.unit == 1 and len(rows) < out:
+            if len(rows) and compacting is not None and lm.blocks is None and not compacting(out, len(cols), len(rows)):
+                rows = torch.arange(out)
+            elif len(rows):
+                scattered += out * uses
         lowered = _block_density(mask, rows, cols, block) if lm.blocks is not None else None
         if lowered is not None and lowered[0] < max_block_density:
             block_w += lowered[1] * block * block * uses
@@ -75,12 +95,12 @@ def latency_counts(gm: fx.GraphModule, max_block_density: float, dense: bool = F
         masked = not dense and lm is not None and lm.rows is not None
         heads += (float(masks[lm.rows.key].sum()) if masked else attention.num_heads) * attention.head_dim
     shape = model_shape(state)
-    return LatencyCounts(dense_w, block_w, heads, shape["hidden"] * shape["layers"])
+    return LatencyCounts(dense_w, block_w, heads, shape["hidden"] * shape["layers"], scattered)
 
 
 def predict_latency(gm: fx.GraphModule) -> LatencyPrediction:
     """What the config's cost model (or the shipped one) predicts for the converted model and for dense."""
     cost = active_cost_model(pruning_state(gm).config)
-    pruned = latency_counts(gm, cost.max_block_density)
+    pruned = latency_counts(gm, cost.max_block_density, compacting=cost.compacting_pays)
     dense = latency_counts(gm, cost.max_block_density, dense=True)
     return LatencyPrediction(pruned.ms(cost), dense.ms(cost), cost.batch, cost.seq)

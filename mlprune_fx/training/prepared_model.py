@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import fx, nn
 
 from ..core.kept_weights import kept_share
-from ..core.pruning_state import MASK_CONTAINER
+from ..core.latency import predict_latency
+from ..core.pruning_state import MASK_CONTAINER, pruning_state
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -28,5 +29,9 @@ def hard_remaining(prepared: nn.Module) -> float:
 
 def hard_target_share(prepared: nn.Module) -> float:
     """What the target counts, under the hard masks: `hard_remaining`, or with
-    `attention_length` the share of the work, each kept head's attention included."""
-    return kept_share(unwrap(prepared), work=True)
+    `attention_length` the share of the work, each kept head's attention included, or with
+    `speedup` the predicted latency over dense's, as convert will build the model."""
+    gm = unwrap(prepared)
+    if pruning_state(gm).config.speedup is not None:
+        return 1 / predict_latency(gm).speedup
+    return kept_share(gm, work=True)

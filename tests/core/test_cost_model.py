@@ -109,6 +109,51 @@ def test_latency_counts_follow_what_convert_keeps():
     assert counts.dense_weights == stored
 
 
+def test_compacting_output_rows_pays_only_where_the_saved_weights_outweigh_the_scatter():
+    cost = dataclasses.replace(MODEL, scatter_ns=0.2)  # one scattered output element = 100 weights
+    assert cost.compacting_pays(64, 256, 38) and not cost.compacting_pays(64, 256, 40)  # (64 - k) * 256 vs 6400
+    assert not cost.compacting_pays(64, 256, 64)  # nothing pruned
+    assert cost.compacting_pays(64, 256, 0)  # nothing left: no scatter either
+    assert MODEL.compacting_pays(64, 4, 63)  # a model fitted without the scatter always compacts, as before
+
+
+def test_an_older_cost_model_file_loads_without_the_scatter_term(tmp_path):
+    data = MODEL.to_json()
+    del data["scatter_ns"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert mp.CostModel.load(tmp_path / "old.json").scatter_ns == 0.0
+
+
+@pytest.mark.parametrize("scatter_ns, compacted", [(0.0, True), (1e3, False)])
+def test_convert_drops_pruned_output_rows_where_the_cost_model_says_it_pays(scatter_ns, compacted):
+    from conftest import example_inputs, logits_of
+
+    cost = dataclasses.replace(MODEL, scatter_ns=scatter_ns)
+    prepared = prepare_tiny(config=mp.PruningConfig(granularity=("head", "row"), cost_model=cost))
+    randomize_masks(prepared, seed=3, keep=(0.4, 0.6))
+    counts = latency_counts(prepared, 0.7, compacting=cost.compacting_pays)
+    converted = mp.convert(prepared)
+    scatters = [n for n in converted.graph.nodes if n.target is torch.ops.aten.index_add.default]
+    assert len(scatters) == (4 if compacted else 0)  # two layers, attention output and FC2
+    assert counts.scattered == (4 * 64 if compacted else 0)
+    stored = sum(p.numel() for n, p in converted.named_parameters() if n.endswith("weight") and p.dim() == 2
+                 and "embeddings" not in n and "classifier" not in n and "pooler" not in n)
+    assert counts.dense_weights == stored
+    inputs = example_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(converted(**inputs)), logits_of(prepared.eval()(**inputs)),
+                                   atol=1e-5, rtol=1e-4)
+    assert mp.sparsity_report(prepared).latency.ms == pytest.approx(counts.ms(cost))
+
+
+def test_the_hold_lands_on_the_speedup_convert_will_build_where_output_rows_stay_whole():
+    cost = dataclasses.replace(MODEL, scatter_ns=1e3)  # no compaction pays: pruned output rows save nothing
+    prepared = _speedup_model(speedup=1.5, cost=cost)
+    ThresholdHold(prepared).calibrate()
+    assert mp.sparsity_report(prepared).predicted_speedup == pytest.approx(1.5, rel=0.05)
+    assert kept_share(prepared, work=True) < 1 / 1.5  # the weights' count alone would have stopped short
+
+
 def test_an_unreachable_speedup_names_the_maximum():
     cost = dataclasses.replace(MODEL, fixed_ns=50.0)  # what pruning leaves dominates
     with pytest.raises(mp.ConfigError, match=r"speedup=20 cannot be reached.*at most \d+\.\d+x"):

@@ -1,0 +1,105 @@
+"""Shapes that pay: each shape choice convert can make, timed against the shape it replaces.
+
+Random pruned layouts of the model (heads, FFN rows and attention-output / FC2 rows kept per layer, each
+uniform in [0.1, 1]), each converted as
+
+- auto:           as convert chooses: pruned output rows compacted only where the cost model says the saved
+                  weights pay for the scatter into the residual stream, zero rows kept elsewhere
+- auto (again):   the same model exported again: the noise control (the same shape timed twice)
+- compacted:      every pruned output row compacted (convert before the cost model chose)
+- rows rounded:   auto with kept FFN and output rows rounded up to --multiple (SIMD-friendly widths, more
+                  weights: pays only if the clock rewards round widths beyond what the weights cost;
+                  predicted: auto's prediction plus the added weights)
+
+and timed in ONNX Runtime at batch x seq, one session open at a time, rounds alternating. Prints ms,
+each form's time over auto's (measured and as the cost model predicts) and the noise control's ratio.
+Run: python -m benchmarks.bench_shapes --cost-model COST.json [--model minilm] [--shapes 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+import mlprune_fx as mp
+from benchmarks.bench_cost_model import model_named, random_shape
+from mlprune_fx.core.latency import latency_counts
+from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
+
+FORMS = ("auto", "auto (again)", "compacted", "rows rounded")
+
+
+def converted_forms(prepared, cost: mp.CostModel, multiple: int) -> dict[str, tuple[torch.fx.GraphModule, float]]:
+    """form -> (converted model, predicted ms)."""
+    auto = cost.compacting_pays
+    predicted = latency_counts(prepared, cost.max_block_density, compacting=auto).ms(cost)
+    rounded = mp.convert(prepared, row_multiple=multiple)
+    return {
+        "auto": (mp.convert(prepared), predicted),
+        "auto (again)": (mp.convert(prepared), predicted),
+        "compacted": (mp.convert(prepared, compact_output_rows=True),
+                      latency_counts(prepared, cost.max_block_density).ms(cost)),
+        "rows rounded": (rounded, predicted + cost.weight_ns * _extra_weights(prepared, rounded) * cost.tokens * 1e-6),
+    }
+
+
+def _extra_weights(prepared, rounded) -> int:
+    return _encoder_weights(rounded) - _encoder_weights(mp.convert(prepared))
+
+
+def _encoder_weights(gm) -> int:
+    return sum(p.numel() for n, p in gm.named_parameters() if n.endswith("weight") and p.dim() == 2
+               and not any(s in n for s in ("embeddings", "classifier", "pooler")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cost-model", type=Path, required=True, help="a calibration of this model on this machine")
+    p.add_argument("--model", choices=["minilm", "bert-base"], default="minilm")
+    p.add_argument("--layers", type=int, default=12, help="layers of the bert-base shapes")
+    p.add_argument("--shapes", type=int, default=4)
+    p.add_argument("--multiple", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cost = mp.CostModel.load(args.cost_model)
+    model = model_named(args.model, args.layers)
+    print(machine_header(args.threads), flush=True)
+    print(f"cost model {args.cost_model}: weight {cost.weight_ns:.3g} ns, scatter {cost.scatter_ns:.3g} ns per token",
+          flush=True)
+    predicted, paths = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        low = min(1000, model.config.vocab_size // 2)
+        ids = torch.randint(low, model.config.vocab_size, (2, 16))
+        small = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        for i in range(args.shapes):
+            name, prepared = random_shape(model, cost, 100 + i, blocks=False, output_rows=True)
+            for form, (converted, ms) in converted_forms(prepared, cost, args.multiple).items():
+                predicted[name, form] = ms
+                paths[name, form] = mp.export_onnx(converted, Path(tmp) / f"{len(paths)}.onnx", small)
+        x = torch.randint(low, model.config.vocab_size, (args.batch, args.seq))
+        feeds = {"input_ids": x.numpy(), "attention_mask": torch.ones_like(x).numpy()}
+        ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in paths.items()}, rounds=args.rounds,
+                           runs=args.repeats)
+    rows, ratios = [], {f: [] for f in FORMS[1:]}
+    for (name, form), value in ms.items():
+        auto = ms[name, "auto"]
+        ratio, pred = value / auto, predicted[name, form] / predicted[name, "auto"]
+        if form != "auto":
+            ratios[form].append(ratio)
+        rows.append([name if form == "auto" else "", form, f"{value:.1f}", f"{ratio:.3f}", f"{pred:.3f}"])
+    print("\n" + markdown_table(["random shape", "form", "ORT ms", "ms / auto, measured", "predicted"], rows))
+    print(f"\n{args.model}, batch {args.batch} x {args.seq}, {args.threads} threads, {args.rounds} rounds; "
+          "geometric mean of ms / auto: " + ", ".join(f"{f} {statistics.geometric_mean(r):.3f}" for f, r in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
