@@ -106,3 +106,20 @@ def test_export_raises_no_torch_pytree_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         mp.export_onnx(converted, tmp_path / "model.onnx", example_inputs())
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_output_rows_kept_as_zeros_export_and_quantize_like_compacted_ones(tmp_path, quantize):
+    prepared = prepare_tiny(config=mp.PruningConfig(granularity=("head", "row")))
+    randomize_masks(prepared, seed=3, keep=(0.4, 0.6))
+    prepared.eval()
+    inputs = example_inputs()
+    masked = logits_of(prepared(**inputs)).detach().numpy()
+    for compact in (False, True):
+        converted = mp.convert(prepared, quantize=quantize, compact_output_rows=compact)
+        scatters = sum(n.target is torch.ops.aten.index_add.default for n in converted.graph.nodes)
+        assert (scatters > 0) == compact
+        session = mp.runtime.InferenceSession(mp.export_onnx(converted, tmp_path / f"{compact}.onnx", inputs))
+        got = session(**inputs)["logits"]
+        assert np.abs(got - logits_of(converted(**inputs)).detach().numpy()).max() <= 1e-4
+        assert np.abs(got - masked).max() <= (1e-4 if quantize is None else 1e-2)
