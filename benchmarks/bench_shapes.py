@@ -34,21 +34,18 @@ FORMS = ("auto", "auto (again)", "compacted", "rows rounded")
 
 
 def converted_forms(prepared, cost: mp.CostModel, multiple: int) -> dict[str, tuple[torch.fx.GraphModule, float]]:
-    """form -> (converted model, predicted ms)."""
-    auto = cost.compacting_pays
-    predicted = latency_counts(prepared, cost.max_block_density, compacting=auto).ms(cost)
+    """form -> (converted model, predicted ms); "auto (again)" is the same model, exported a second time."""
+    predicted = latency_counts(prepared, cost.max_block_density, compacting=cost.compacting_pays).ms(cost)
+    auto = mp.convert(prepared)
     rounded = mp.convert(prepared, row_multiple=multiple)
+    extra = _encoder_weights(rounded) - _encoder_weights(auto)
     return {
-        "auto": (mp.convert(prepared), predicted),
-        "auto (again)": (mp.convert(prepared), predicted),
+        "auto": (auto, predicted),
+        "auto (again)": (auto, predicted),
         "compacted": (mp.convert(prepared, compact_output_rows=True),
                       latency_counts(prepared, cost.max_block_density).ms(cost)),
-        "rows rounded": (rounded, predicted + cost.weight_ns * _extra_weights(prepared, rounded) * cost.tokens * 1e-6),
+        "rows rounded": (rounded, predicted + cost.weight_ns * extra * cost.tokens * 1e-6),
     }
-
-
-def _extra_weights(prepared, rounded) -> int:
-    return _encoder_weights(rounded) - _encoder_weights(mp.convert(prepared))
 
 
 def _encoder_weights(gm) -> int:

@@ -90,7 +90,8 @@ def _variants(model: nn.Module, example: dict, blocks: bool, seed: int):
         yield f"heads {heads:.0%}, rows {rows:.0%}", _keep(copy_graph_module(base), {"__heads": heads, "__rows": rows}, seed + i)
     scatter_base = prepare(model, PruningConfig(granularity=("row",)), example)
     state = pruning_state(scatter_base)
-    output_rows = {lm.rows.key: OUTPUT_ROWS_VARIANT for lm in state.linears if lm.site.weight in output_row_sites(state)}
+    sites = output_row_sites(state)
+    output_rows = {lm.rows.key: OUTPUT_ROWS_VARIANT for lm in state.linears if lm.site.weight in sites}
     yield f"output rows {OUTPUT_ROWS_VARIANT:.0%}", _keep(scatter_base, output_rows, seed + 50)
     if blocks:
         block_base = prepare(model, PruningConfig(granularity=("block",), block_size=BLOCK_SIZE), example)
