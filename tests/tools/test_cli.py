@@ -88,6 +88,11 @@ def test_steps_refuse_to_go_on_from_out_of_date_outputs(tmp_path, tiny_hf, tiny_
     for step in ("evaluate", "bench", "report", "export"):
         assert run(step, "--run", r) == 2
         assert "run `mlprune convert" in capsys.readouterr().err
+    parameters = {}
+    for flag in ("--keep-output-rows", "--compact-output-rows"):
+        assert run("convert", "--run", r, flag) == 0
+        parameters[flag] = json.loads((r / "convert.json").read_text())["parameters"]
+    assert parameters["--compact-output-rows"] < parameters["--keep-output-rows"]
     assert run("convert", "--run", r) == 0
     assert run("evaluate", "--run", r) == 2 and "run `mlprune export" in capsys.readouterr().err
     assert run("export", "--run", r) == 0 and run("evaluate", "--run", r) == 0

@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"matrices with a smaller share of kept blocks run block-sparse (default {DEFAULT_MAX_DENSITY})")
     p.add_argument("--lower-blocks", dest="lower_blocks", action="store_true", default=None, help="require the native kernel")
     p.add_argument("--no-lower-blocks", dest="lower_blocks", action="store_false", help="keep every matrix dense")
+    p.add_argument("--compact-output-rows", dest="compact_output_rows", action="store_true", default=None,
+                   help="always drop pruned output rows of attention-output and FC2 matrices (default: where the "
+                        "cost model says the saved rows pay for scattering into the residual stream)")
+    p.add_argument("--keep-output-rows", dest="compact_output_rows", action="store_false",
+                   help="keep pruned output rows as zero rows (no scatter)")
     _quantize(p)
 
     p = sub.add_parser("export", help="write the ONNX model", description="Export RUN/converted to RUN/model.onnx with dynamic batch and sequence; the dense model it was pruned from (prune's --model, else RUN/dense) to RUN/dense.onnx, and that through ONNX Runtime's quantize_dynamic to RUN/dense_ort_int8.onnx, for comparisons.")

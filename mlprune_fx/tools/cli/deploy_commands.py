@@ -71,8 +71,10 @@ def _quantized(fp32, run: RunDir) -> tuple[object, float]:
 def convert_command(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.run))
     two_step = not args.input and (run.read("prune") or {}).get("mode") == "two-step" and run.converted.exists()
-    if two_step and (args.lower_blocks is not None or args.max_block_density != DEFAULT_MAX_DENSITY):
-        raise CLIError("--lower-blocks and --max-block-density apply to one-step runs: the two-step prune "
+    if two_step and (args.lower_blocks is not None or args.max_block_density != DEFAULT_MAX_DENSITY
+                     or args.compact_output_rows is not None):
+        raise CLIError("--lower-blocks, --max-block-density and the output-row flags apply to one-step runs: the "
+                       "two-step prune "
                        f"converted its model itself, with the defaults ({run.converted})")
     if two_step and not args.quantize:
         print(f"nothing to convert: the two-step prune converted its model already ({run.converted}); "
@@ -87,7 +89,8 @@ def convert_command(args: argparse.Namespace) -> None:
             return
     else:
         source = Path(args.input) if args.input else run.need(run.prepared, "prune")
-        converted = convert(_load(source), lower_blocks=args.lower_blocks, max_block_density=args.max_block_density)
+        converted = convert(_load(source), lower_blocks=args.lower_blocks, max_block_density=args.max_block_density,
+                            compact_output_rows=args.compact_output_rows)
     if not args.input and not two_step:
         drop_outputs(converted, (run.read("prune") or {}).get("distillation_outputs", []))  # served models return logits
     record = {}
@@ -100,7 +103,7 @@ def convert_command(args: argparse.Namespace) -> None:
     save(converted, out)
     report = sparsity_report(converted)
     lowered = pruning_state(converted).lowered
-    record.update({"remaining": report.remaining, "lowered": lowered,
+    record.update({"remaining": report.remaining, "lowered": lowered, "compact_output_rows": args.compact_output_rows,
                    "parameters": sum(p.numel() for p in converted.parameters())})
     run.write_step("convert", record, inputs=() if args.input else ("prune",))
     print(f"converted: {report.remaining:.1%} of the encoder weights remain, {len(lowered)} matrices block-sparse"
