@@ -13,24 +13,61 @@ uniform in [0.1, 1]), each converted as
 
 and timed in ONNX Runtime at batch x seq, one session open at a time, rounds alternating. Prints ms,
 each form's time over auto's (measured and as the cost model predicts) and the noise control's ratio.
-Run: python -m benchmarks.bench_shapes --cost-model COST.json [--model minilm] [--shapes 4]
+
+--blocks: layouts with 32x32 blocks at 20-70 % in the same step instead, as
+
+- auto:                FFN and output rows pruned a block of rows at a time (what prepare does with blocks)
+- rows one at a time:  the same shares kept row by row (prepare before), so compacted FFN matrices have
+                       sides the block size does not divide and stay dense
+
+Run: python -m benchmarks.bench_shapes --cost-model COST.json [--model minilm] [--shapes 4] [--blocks]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 import mlprune_fx as mp
+import mlprune_fx.passes.insert_masks as insert_masks
 from benchmarks.bench_cost_model import model_named, random_shape
 from mlprune_fx.core.latency import latency_counts
+from mlprune_fx.core.pruning_state import mask_modules, pruning_state
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 
 FORMS = ("auto", "auto (again)", "compacted", "rows rounded")
+BLOCK_FORMS = ("auto", "auto (again)", "rows one at a time")
+
+
+def block_forms(model, cost: mp.CostModel, seed: int) -> tuple[str, dict[str, tuple[torch.fx.GraphModule, float]]]:
+    """One random layout with blocks, its rows pruned by block (auto) and one at a time: the same blocks and
+    heads, each row mask keeping the same share."""
+    name, by_block = random_shape(model, cost, seed, blocks=True, output_rows=True)
+    with mock.patch.object(insert_masks, "_row_unit", lambda config, rows: 1):
+        one_by_one = mp.prepare(model, pruning_state(by_block).config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        source = mask_modules(by_block)
+        for key, mask in mask_modules(one_by_one).items():
+            if mask.scores.shape == source[key].scores.shape:
+                mask.load_state_dict(source[key].state_dict())
+                continue
+            n = mask.scores.numel()
+            k = round(float(source[key]().sum()) / source[key].scores.numel() * n)
+            mask.scores.copy_(torch.randn(mask.scores.shape, generator=g))
+            mask.threshold.fill_(math.log((k - 0.5) / (n - k + 0.5)) if k < n else 20.0)
+    forms = {}
+    for form, prepared in (("auto", by_block), ("rows one at a time", one_by_one)):
+        predicted = latency_counts(prepared, cost.max_block_density, compacting=cost.compacting_pays).ms(cost)
+        forms[form] = (mp.convert(prepared), predicted)
+    forms["auto (again)"] = forms["auto"]
+    return name, {f: forms[f] for f in BLOCK_FORMS}
 
 
 def converted_forms(prepared, cost: mp.CostModel, multiple: int) -> dict[str, tuple[torch.fx.GraphModule, float]]:
@@ -65,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--blocks", action="store_true", help="layouts with blocks: rows by block against one at a time")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cost = mp.CostModel.load(args.cost_model)
@@ -78,15 +116,19 @@ def main(argv: list[str] | None = None) -> None:
         ids = torch.randint(low, model.config.vocab_size, (2, 16))
         small = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         for i in range(args.shapes):
-            name, prepared = random_shape(model, cost, 100 + i, blocks=False, output_rows=True)
-            for form, (converted, ms) in converted_forms(prepared, cost, args.multiple).items():
+            if args.blocks:
+                name, forms = block_forms(model, cost, 100 + i)
+            else:
+                name, prepared = random_shape(model, cost, 100 + i, blocks=False, output_rows=True)
+                forms = converted_forms(prepared, cost, args.multiple)
+            for form, (converted, ms) in forms.items():
                 predicted[name, form] = ms
                 paths[name, form] = mp.export_onnx(converted, Path(tmp) / f"{len(paths)}.onnx", small)
         x = torch.randint(low, model.config.vocab_size, (args.batch, args.seq))
         feeds = {"input_ids": x.numpy(), "attention_mask": torch.ones_like(x).numpy()}
         ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in paths.items()}, rounds=args.rounds,
                            runs=args.repeats)
-    rows, ratios = [], {f: [] for f in FORMS[1:]}
+    rows, ratios = [], {f: [] for f in (BLOCK_FORMS if args.blocks else FORMS)[1:]}
     for (name, form), value in ms.items():
         auto = ms[name, "auto"]
         ratio, pred = value / auto, predicted[name, form] / predicted[name, "auto"]

@@ -39,11 +39,11 @@ def _compact_ffn_rows(gm, state: PruningState, nodes) -> None:
         if lm is None or lm.rows is None:
             continue
         mask = state.frozen[lm.rows.key]
-        rows = kept_indices(mask)
+        rows = kept_indices(expand_units(mask, lm.rows.unit))
         if len(rows) == block.rows:
             continue
         if block.fc1.weight not in done:
-            pairs = kept_indices(expand_units(mask, 1, block.fc1_chunks))
+            pairs = kept_indices(expand_units(mask, lm.rows.unit, block.fc1_chunks))
             _slice(gm, block.fc1.weight, pairs, 0)
             _slice(gm, block.fc1.bias, pairs, 0)
             if block.paired is not None:
@@ -74,9 +74,9 @@ def _compact_output_rows(gm, state: PruningState, nodes, lm: LinearMasks, site: 
 
     `site` is one use of the weight; a shared weight is sliced at its first use only.
     """
-    if lm.rows is None or residual is None or lm.rows.unit != 1:
+    if lm.rows is None or residual is None or lm.rows.repeat != 1:
         return
-    rows = kept_indices(state.frozen[lm.rows.key])
+    rows = kept_indices(expand_units(state.frozen[lm.rows.key], lm.rows.unit))
     if len(rows) == site.out_features:
         return
     if site.weight not in done and compacting is not None and lm.blocks is None:  # block-sparse: always compacted

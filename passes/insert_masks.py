@@ -33,6 +33,13 @@ def _block_keys(structure: EncoderStructure) -> dict[int, str]:
     return keys
 
 
+def _row_unit(config: PruningConfig, rows: int) -> int:
+    """Rows are pruned a block at a time when blocks are pruned too: compacting whole block rows keeps the
+    kept blocks aligned, so the matrix still tiles and runs block-sparse (single rows would leave sides the
+    block size does not divide, and the matrix dense)."""
+    return config.block_size if config.uses("block") and rows % config.block_size == 0 else 1
+
+
 def plan_masks(structure: EncoderStructure, config: PruningConfig) -> tuple[dict[str, tuple[str, tuple[int, ...]]], list[LinearMasks]]:
     """Decide which masks exist (key -> granularity, shape) and which axes they act on.
 
@@ -57,16 +64,21 @@ def plan_masks(structure: EncoderStructure, config: PruningConfig) -> tuple[dict
                 bind(site, "rows", MaskRef(key, block.head_dim, block.row_repeat(site)))
             bind(block.o, "cols", MaskRef(key, block.head_dim))
         if config.uses("row") and config.prune_output_rows and block.o_residual:
-            bind(block.o, "rows", add(_slug(block.o.weight) + "__rows", "row", (block.o.out_features,)))
+            unit = _row_unit(config, block.o.out_features)
+            bind(block.o, "rows", MaskRef(add(_slug(block.o.weight) + "__rows", "row", (block.o.out_features // unit,)).key,
+                                          unit))
     for block in structure.ffn:
         if config.uses("row"):
-            key = add(_slug(block.fc1.weight) + "__rows", "row", (block.rows,)).key
-            bind(block.fc1, "rows", MaskRef(key, 1, block.fc1_chunks))
+            unit = _row_unit(config, block.rows)
+            key = add(_slug(block.fc1.weight) + "__rows", "row", (block.rows // unit,)).key
+            bind(block.fc1, "rows", MaskRef(key, unit, block.fc1_chunks))
             if block.paired is not None:
-                bind(block.paired, "rows", MaskRef(key))
-            bind(block.fc2, "cols", MaskRef(key))
+                bind(block.paired, "rows", MaskRef(key, unit))
+            bind(block.fc2, "cols", MaskRef(key, unit))
             if config.prune_output_rows and block.fc2_residual:
-                bind(block.fc2, "rows", add(_slug(block.fc2.weight) + "__rows", "row", (block.fc2.out_features,)))
+                out_unit = _row_unit(config, block.fc2.out_features)
+                bind(block.fc2, "rows", MaskRef(add(_slug(block.fc2.weight) + "__rows", "row",
+                                                    (block.fc2.out_features // out_unit,)).key, out_unit))
     uses: dict[str, list[LinearSite]] = {}
     for site in structure.linears():
         uses.setdefault(site.weight, []).append(site)

@@ -79,7 +79,7 @@ def latency_counts(gm: fx.GraphModule, max_block_density: float, dense: bool = F
         rows = torch.nonzero(mask.sum(1) > 0).flatten()
         cols = torch.nonzero(mask.sum(0) > 0).flatten()
         out = mask.shape[0]
-        if lm.site.weight in output_rows and lm.rows is not None and lm.rows.unit == 1 and len(rows) < out:
+        if lm.site.weight in output_rows and lm.rows is not None and lm.rows.repeat == 1 and len(rows) < out:
             if len(rows) and compacting is not None and lm.blocks is None and not compacting(out, len(cols), len(rows)):
                 rows = torch.arange(out)
             elif len(rows):

@@ -125,3 +125,17 @@ def test_half_precision_models_convert_and_keep_blocks_dense(dtype):
     assert not _lowered_ops(converted)
     x = example_inputs()
     assert (logits_of(converted(**x)).float() - logits_of(prepared(**x)).float()).abs().max() <= 1e-2
+
+
+@pytest.mark.parametrize("granularity", [("row", "block"), ("head", "row", "block")])
+def test_rows_pruned_with_blocks_go_a_block_at_a_time_so_ffn_matrices_still_tile(granularity):
+    prepared = _prepared(granularity, seed=3, hidden=64, inter=128)
+    state = pruning_state(prepared)
+    fc1 = [lm for lm in state.linears if "intermediate" in lm.site.weight]
+    assert all(lm.rows.unit == 16 and mask_modules(prepared)[lm.rows.key].scores.numel() == 128 // 16 for lm in fc1)
+    converted = mp.convert(prepared)
+    lowered = pruning_state(converted).lowered
+    ffn = [lm.site.weight for lm in state.linears if "intermediate" in lm.site.weight or "output.dense" in lm.site.weight]
+    assert len(ffn) == 6 and all(w in lowered for w in ffn), "kept FFN and output rows must leave whole blocks"
+    x = example_inputs(3, 13, seed=4)
+    assert (logits_of(converted(**x)) - logits_of(prepared(**x))).abs().max() <= 1e-4
