@@ -6,6 +6,8 @@ method, as in bench_accuracy) and, for each requested speed-up S, pruned by
 - mlprune_speedup:        PruningConfig(speedup=S), heads + rows, under the cost model calibrated here
 - mlprune_speedup_blocks: the same with 32x32 blocks in the same step
 - mlprune:                today's weight target, 1/S of the encoder weights
+- mlprune_2step:          MLPruning's two steps (heads + rows to 0.5, then 32x32 blocks), 1/S of the weights:
+                          the same three granularities as mlprune_speedup_blocks in two steps instead of one
 - torch_pruning:          Torch-Pruning's uniform heads and channels, 1/S of the weights
 - magnitude:              global unstructured magnitude, 1/S of the weights
 
@@ -31,7 +33,7 @@ both), and scores the int8 forms (OUT/int8.json, resumable per model).
         --group-by-length --no-output-rows --hold-masks --magnitude-prior 1
 
 (the grid's recipes. Where a GPU is lent, `--device cuda` after `--` trains there, ONNX Runtime still times on the
-CPU; mlprune_speedup_blocks needs the CPU kernel, so run it in a CPU pass of its own: `--methods ...`.)
+CPU; mlprune_speedup_blocks and mlprune_2step need the CPU kernel, so run them in a CPU pass of their own: `--methods ...`.)
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ from mlprune_fx.tools.benchmarking import machine_header, markdown_table, sessio
 from mlprune_fx.tools.cli.deploy_commands import ort_quantize_dynamic
 from mlprune_fx.tools.data import load_dataset
 
-METHODS = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune", "torch_pruning", "magnitude")
-OURS = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune")
+METHODS = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune", "mlprune_2step", "torch_pruning", "magnitude")
+OURS = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune", "mlprune_2step")
 DENSE_QD = "dense + ORT quantize_dynamic"
 
 
