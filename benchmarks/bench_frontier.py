@@ -188,6 +188,8 @@ def spread(records: list[dict], field: str) -> float:
 
 def family(name: str) -> str:
     """Which method a point belongs to: ours (every mlprune form, fp32 or int8) or a peer."""
+    if name == DENSE_QD:
+        return DENSE_QD
     base = name.split(" + ")[0]
     return "mlprune" if base in OURS else base
 

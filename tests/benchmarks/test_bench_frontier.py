@@ -47,7 +47,8 @@ def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_
 
     table = {("dense", 1.0): at(0.82, 1.0), ("mlprune_speedup", 3.0): at(0.815, 2.8, 3.0),
              ("mlprune_speedup + int8", 3.0): at(0.81, 6.0), ("torch_pruning", 3.0): at(0.80, 3.1),
-             ("torch_pruning + ORT quantize_dynamic", 3.0): at(0.79, 9.0)}
+             ("torch_pruning + ORT quantize_dynamic", 3.0): at(0.79, 9.0),
+             (bench_frontier.DENSE_QD, 1.0): at(0.818, 2.5)}
     assert bench_frontier.frontier(table, "mlprune", 3.0) == (0.81, "mlprune_speedup + int8 @ 3x")  # 2.8x is too slow
     assert bench_frontier.frontier(table, "torch_pruning", 8.0) == (0.79, "torch_pruning + ORT quantize_dynamic @ 3x")
     assert bench_frontier.frontier(table, "mlprune", 7.0) is None
@@ -57,6 +58,9 @@ def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_
     assert 0.81 - 0.80 < se  # so 3x is a tie
     assert "rt at 3x: mlprune 81.00% vs torch_pruning 80.00%: tie" in verdicts
     assert "rt at 8x: no mlprune model that fast, torch_pruning 79.00%: BELOW" in verdicts
+    assert bench_frontier.frontier(table, bench_frontier.DENSE_QD, 2.0) == (0.818, bench_frontier.DENSE_QD)
+    assert f"rt at 3x: mlprune 81.00% vs {bench_frontier.DENSE_QD} 81.80%: tie" not in verdicts  # 2.5x: too slow
+    assert bench_frontier.frontier(table, bench_frontier.DENSE_QD, 3.0) is None
     assert any(v.startswith("rt: mlprune at 3x 81.00%") and "-1.00 pt (met" in v for v in verdicts)
     assert "rt mlprune_speedup @ 3x: predicted 3.00x, measured 2.80x (+7.1%; target within 10 %)" in verdicts
     assert "rt mlprune_speedup asked 3x: measured 2.80x (met: >= 2.70x)" in verdicts
