@@ -13,7 +13,6 @@ Run: python -m benchmarks.bench_cost_model [--model bert-base] [--quantize int8]
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 import mlprune_fx as mp
+from mlprune_fx.calibrate import keep_random_units
 from mlprune_fx.core.latency import latency_counts
 from mlprune_fx.core.pruning_state import mask_modules
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
@@ -51,8 +51,7 @@ def random_shape(model, cost: mp.CostModel, seed: int, blocks: bool, output_rows
             share = density if key.endswith("__blocks") else 0.1 + 0.9 * float(torch.rand((), generator=g))
             n = mask.scores.numel()
             k = min(n, max(1, round(share * n)))
-            mask.scores.copy_(torch.randn(mask.scores.shape, generator=g))
-            mask.threshold.fill_(math.log((k - 0.5) / (n - k + 0.5)) if k < n else 20.0)
+            keep_random_units(mask, k, g)
             if not key.endswith("__blocks"):
                 shares.append(k / n)
     name = (f"#{seed} units kept {min(shares):.0%}-{max(shares):.0%}" + (f", blocks {density:.0%}" if blocks else "")

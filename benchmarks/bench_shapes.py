@@ -26,7 +26,6 @@ Run: python -m benchmarks.bench_shapes --cost-model COST.json [--model minilm] [
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 import mlprune_fx as mp
 import mlprune_fx.passes.insert_masks as insert_masks
 from benchmarks.bench_cost_model import model_named, random_shape
+from mlprune_fx.calibrate import keep_random_units
 from mlprune_fx.core.latency import latency_counts
 from mlprune_fx.core.pruning_state import mask_modules, pruning_state
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
@@ -59,9 +59,7 @@ def block_forms(model, cost: mp.CostModel, seed: int) -> tuple[str, dict[str, tu
                 mask.load_state_dict(source[key].state_dict())
                 continue
             n = mask.scores.numel()
-            k = round(float(source[key]().sum()) / source[key].scores.numel() * n)
-            mask.scores.copy_(torch.randn(mask.scores.shape, generator=g))
-            mask.threshold.fill_(math.log((k - 0.5) / (n - k + 0.5)) if k < n else 20.0)
+            keep_random_units(mask, round(float(source[key]().sum()) / source[key].scores.numel() * n), g)
     forms = {}
     for form, prepared in (("auto", by_block), ("rows one at a time", one_by_one)):
         predicted = latency_counts(prepared, cost.max_block_density, compacting=cost.compacting_pays).ms(cost)

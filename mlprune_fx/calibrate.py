@@ -70,6 +70,13 @@ def _encoder_slice(model: nn.Module, layers: int | None) -> nn.Module:
     return sliced
 
 
+def keep_random_units(mask, k: int, generator: torch.Generator) -> None:
+    """Make a learnable mask keep k random units of its n: random scores, threshold with ceil(sigmoid(T) n) = k."""
+    n = mask.scores.numel()
+    mask.scores.copy_(torch.randn(mask.scores.shape, generator=generator))
+    mask.threshold.fill_(math.log((k - 0.5) / (n - k + 0.5)) if k < n else 20.0)
+
+
 def _keep(prepared, shares: Mapping[str, float], seed: int):
     """Set every mask whose key ends with a suffix in `shares` to keep that share of its units (random ones)."""
     g = torch.Generator().manual_seed(seed)
@@ -77,9 +84,7 @@ def _keep(prepared, shares: Mapping[str, float], seed: int):
         for key, mask in mask_modules(prepared).items():
             share = next((v for suffix, v in shares.items() if key.endswith(suffix)), 1.0)
             n = mask.scores.numel()
-            k = min(n, max(1, round(share * n)))
-            mask.scores.copy_(torch.randn(mask.scores.shape, generator=g))
-            mask.threshold.fill_(math.log((k - 0.5) / (n - k + 0.5)) if k < n else 20.0)  # ceil(sigmoid(T) n) = k
+            keep_random_units(mask, min(n, max(1, round(share * n))), g)
     return prepared.eval()
 
 

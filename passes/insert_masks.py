@@ -57,6 +57,10 @@ def plan_masks(structure: EncoderStructure, config: PruningConfig) -> tuple[dict
     def bind(site: LinearSite, axis: str, ref: MaskRef) -> None:
         axes.setdefault(site.weight, {})[axis] = ref
 
+    def add_rows(weight: str, rows: int) -> MaskRef:
+        unit = _row_unit(config, rows)
+        return MaskRef(add(_slug(weight) + "__rows", "row", (rows // unit,)).key, unit)
+
     for block in structure.attention:
         if config.uses("head"):
             key = add(keys[id(block)] + "__heads", "head", (block.num_heads,)).key
@@ -64,21 +68,16 @@ def plan_masks(structure: EncoderStructure, config: PruningConfig) -> tuple[dict
                 bind(site, "rows", MaskRef(key, block.head_dim, block.row_repeat(site)))
             bind(block.o, "cols", MaskRef(key, block.head_dim))
         if config.uses("row") and config.prune_output_rows and block.o_residual:
-            unit = _row_unit(config, block.o.out_features)
-            bind(block.o, "rows", MaskRef(add(_slug(block.o.weight) + "__rows", "row", (block.o.out_features // unit,)).key,
-                                          unit))
+            bind(block.o, "rows", add_rows(block.o.weight, block.o.out_features))
     for block in structure.ffn:
         if config.uses("row"):
-            unit = _row_unit(config, block.rows)
-            key = add(_slug(block.fc1.weight) + "__rows", "row", (block.rows // unit,)).key
-            bind(block.fc1, "rows", MaskRef(key, unit, block.fc1_chunks))
+            rows = add_rows(block.fc1.weight, block.rows)
+            bind(block.fc1, "rows", MaskRef(rows.key, rows.unit, block.fc1_chunks))
             if block.paired is not None:
-                bind(block.paired, "rows", MaskRef(key, unit))
-            bind(block.fc2, "cols", MaskRef(key, unit))
+                bind(block.paired, "rows", rows)
+            bind(block.fc2, "cols", rows)
             if config.prune_output_rows and block.fc2_residual:
-                out_unit = _row_unit(config, block.fc2.out_features)
-                bind(block.fc2, "rows", MaskRef(add(_slug(block.fc2.weight) + "__rows", "row",
-                                                    (block.fc2.out_features // out_unit,)).key, out_unit))
+                bind(block.fc2, "rows", add_rows(block.fc2.weight, block.fc2.out_features))
     uses: dict[str, list[LinearSite]] = {}
     for site in structure.linears():
         uses.setdefault(site.weight, []).append(site)

@@ -74,8 +74,7 @@ def convert_command(args: argparse.Namespace) -> None:
     if two_step and (args.lower_blocks is not None or args.max_block_density != DEFAULT_MAX_DENSITY
                      or args.compact_output_rows is not None):
         raise CLIError("--lower-blocks, --max-block-density and the output-row flags apply to one-step runs: the "
-                       "two-step prune "
-                       f"converted its model itself, with the defaults ({run.converted})")
+                       f"two-step prune converted its model itself, with the defaults ({run.converted})")
     if two_step and not args.quantize:
         print(f"nothing to convert: the two-step prune converted its model already ({run.converted}); "
               f"go on with `mlprune export --run {run.root}`")
