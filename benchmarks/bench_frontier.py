@@ -25,6 +25,8 @@ Step 1 calibrates the cost model here (OUT/cost_model.json, reused). Step 2 runs
 seed into OUT/seedN (resumable per cell; options after `--` go to it unchanged, e.g. the dataset's
 recipe). Step 3 times every saved model in fp32 and int8 beside dense, one session alive at a time (the x of
 both), and scores the int8 forms (OUT/int8.json, resumable per model).
+`--predict-with COST.json` also predicts every saved model with another fit, against the same timings
+(a recalibration judged without retraining).
 
     python -m benchmarks.bench_frontier --datasets rotten_tomatoes --out out/frontier_rt -- \\
         --finetune-steps 2000 --finetune-lr 1e-4 --prune-steps 1600 --batch-size 16 --lr 2e-4 --lambda-f 200000
@@ -50,6 +52,9 @@ import torch
 
 import mlprune_fx as mp
 from benchmarks import bench_accuracy
+from mlprune_fx.core.latency import latency_counts
+from mlprune_fx.core.leap import active_cost_model
+from mlprune_fx.core.pruning_state import pruning_state
 from mlprune_fx.passes.graph_utils import copy_graph_module
 from mlprune_fx.passes.quantize_linears import quantize_linears
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
@@ -145,8 +150,35 @@ def deployed_points(runs: list[Path], args) -> dict[str, dict]:
     return done
 
 
-def points(runs: list[Path], int8: dict[str, dict], args) -> dict[str, dict[tuple[str, float], list[dict]]]:
-    """Per dataset: (method, requested S) -> one record per seed (test_acc, measured and predicted speed-up)."""
+def predictions_with(runs: list[Path], cost: mp.CostModel, args) -> dict[str, float]:
+    """Each saved pruned model's speed-up as `cost` predicts it, shaped as convert built it (the compacting
+    choice of the fit it was converted with): another fit judged on the same timings."""
+    found = {}
+    packaged, tokenizer = bench_accuracy.load_packaged_model(num_labels=2)
+    unpruned = mp.prepare(packaged, mp.PruningConfig(target=1.0, cost_model=cost),
+                          example_inputs=dict(tokenizer(["a short input"], return_tensors="pt")))
+    unpruned = latency_counts(unpruned, cost.max_block_density, dense=True)
+    for run in runs:
+        for dataset in json.loads((run / "results.json").read_text())["datasets"]:
+            for method, target in ((m, knob(s)) for m in args.methods for s in args.speedups):
+                path = bench_accuracy.saved_model_path(run, dataset, method, target)
+                if not path.exists():
+                    continue
+                model = mp.load(path)
+                dense = latency_counts(model, cost.max_block_density, dense=True)  # a peer's: its own shapes
+                if method in OURS:
+                    compacting = active_cost_model(pruning_state(model).config).compacting_pays
+                    pruned = latency_counts(model, cost.max_block_density, compacting=compacting)
+                else:
+                    pruned, dense = dense, unpruned
+                found[f"{run.name}/{dataset}/{bench_accuracy.cell_key(method, target)}"] = dense.ms(cost) / pruned.ms(cost)
+    return found
+
+
+def points(runs: list[Path], int8: dict[str, dict], args,
+           other_fit: dict[str, float] | None = None) -> dict[str, dict[tuple[str, float], list[dict]]]:
+    """Per dataset: (method, requested S) -> one record per seed (test_acc, measured and predicted speed-up,
+    and with `other_fit` the speed-up predictions_with gave)."""
     found: dict[str, dict[tuple[str, float], list[dict]]] = {}
     for run in runs:
         results = json.loads((run / "results.json").read_text())
@@ -167,6 +199,7 @@ def points(runs: list[Path], int8: dict[str, dict], args) -> dict[str, dict[tupl
                     timed = q if q is not None and "fp32_ms" in q else None  # else the cell's own timing
                     table.setdefault((method, s), []).append(
                         {"test_acc": cell["test_acc"], "predicted": cell.get("predicted_speedup"),
+                         "predicted_with": (other_fit or {}).get(f"{run.name}/{dataset}/{key}"),
                          "speedup": timed["dense_ort_ms"] / timed["fp32_ms"] if timed else
                          cell["dense_ort_ms"] / cell["ort_ms"]})
                     if q is not None:
@@ -211,12 +244,14 @@ def report(found: dict, test_sizes: dict[str, int], args) -> tuple[str, list[str
     for dataset, table in found.items():
         rows = []
         for (name, asked), records in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            predicted = [r["predicted"] for r in records if r.get("predicted") is not None]
             rows.append([name, "-" if name in ("dense", DENSE_QD) else f"{asked:g}x", len(records),
                          f"{mean(records, 'test_acc'):.2%} ± {spread(records, 'test_acc') * 100:.2f}",
-                         f"{mean(records, 'speedup'):.2f}x", f"{statistics.mean(predicted):.2f}x" if predicted else "-"])
+                         f"{mean(records, 'speedup'):.2f}x", mean_of(records, "predicted")]
+                        + ([mean_of(records, "predicted_with")] if args.predict_with else []))
+        other = [f"predicted by {args.predict_with.name}"] if args.predict_with else []
         parts += [f"### {dataset}", "", markdown_table(
-            ["model", "asked", "seeds", "test acc (mean ± half range)", "measured speed-up", "predicted"], rows), ""]
+            ["model", "asked", "seeds", "test acc (mean ± half range)", "measured speed-up", "predicted"] + other,
+            rows), ""]
         n = test_sizes[dataset]
         dense_acc = mean(table[("dense", 1.0)], "test_acc")
         se = math.sqrt(dense_acc * (1 - dense_acc) / n)
@@ -256,7 +291,19 @@ def report(found: dict, test_sizes: dict[str, int], args) -> tuple[str, list[str
                 if name.startswith("mlprune_speedup") and " + " not in name:
                     verdicts.append(f"{dataset} {name} asked {asked:g}x: measured {r['speedup']:.2f}x "
                                     f"({'met' if r['speedup'] >= 0.9 * asked else 'MISSED'}: >= {0.9 * asked:.2f}x)")
+        if args.predict_with:
+            for field, fit in (("predicted", "the fit each model trained with"), ("predicted_with", args.predict_with.name)):
+                errors = [r[field] / r["speedup"] - 1 for records in table.values() for r in records
+                          if r.get(field) is not None]
+                if errors:
+                    verdicts.append(f"{dataset}: predicted by {fit}: error {min(errors):+.1%} to {max(errors):+.1%}, "
+                                    f"{statistics.mean(map(abs, errors)):.1%} on average over {len(errors)} models")
     return "\n".join(parts), verdicts
+
+
+def mean_of(records: list[dict], field: str) -> str:
+    values = [r[field] for r in records if r.get(field) is not None]
+    return f"{statistics.mean(values):.2f}x" if values else "-"
 
 
 def plot(found: dict, path: Path) -> Path:
@@ -300,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--predict-with", type=Path, metavar="COST.json",
+                   help="also predict every pruned model with this cost model, against the same timings")
     args = p.parse_args(own)
     if any(s <= 1 for s in args.speedups):
         p.error(f"--speedups {args.speedups}: each must be above 1")
@@ -310,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     cost_path = calibrated(args.out, args)
     runs = accuracy_runs(args.out, cost_path, args)
     int8 = deployed_points(runs, args)
-    found = points(runs, int8, args)
+    other_fit = predictions_with(runs, mp.CostModel.load(args.predict_with), args) if args.predict_with else None
+    found = points(runs, int8, args, other_fit)
     sizes = {d: e["sizes"]["test"] for d, e in json.loads((runs[0] / "results.json").read_text())["datasets"].items()}
     text, verdicts = report(found, sizes, args)
     command = "python -m benchmarks.bench_frontier " + " ".join(argv)

@@ -39,6 +39,13 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     bench_frontier.main(argv)
     out = capsys.readouterr().out
     assert ": remaining" not in out and "int8 test" not in out
+    # another fit judged on the same timings: the fit the models trained with predicts what their cells did
+    bench_frontier.main(argv[:argv.index("--")] + ["--predict-with", str(tmp_path / "cost_model.json")]
+                        + argv[argv.index("--"):])
+    rows = [line.split(" | ") for line in (tmp_path / "frontier.md").read_text().splitlines()
+            if line.startswith(tuple(f"| {m} | 3x" for m in methods))]
+    assert len(rows) == len(methods)
+    assert all(row[5] == row[6].rstrip(" |") != "-" for row in rows), rows
 
 
 def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_within_one_standard_error():
@@ -52,7 +59,7 @@ def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_
     assert bench_frontier.frontier(table, "mlprune", 3.0) == (0.81, "mlprune_speedup + int8 @ 3x")  # 2.8x is too slow
     assert bench_frontier.frontier(table, "torch_pruning", 8.0) == (0.79, "torch_pruning + ORT quantize_dynamic @ 3x")
     assert bench_frontier.frontier(table, "mlprune", 7.0) is None
-    args = type("Args", (), {"speedups": [3.0, 8.0]})
+    args = type("Args", (), {"speedups": [3.0, 8.0], "predict_with": None})
     text, verdicts = bench_frontier.report({"rt": table}, {"rt": 1275}, args)
     se = (0.82 * 0.18 / 1275) ** 0.5
     assert 0.81 - 0.80 < se  # so 3x is a tie
