@@ -39,13 +39,10 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     bench_frontier.main(argv)
     out = capsys.readouterr().out
     assert ": remaining" not in out and "int8 test" not in out
-    # another fit judged on the same timings: the fit the models trained with predicts what their cells did
-    bench_frontier.main(argv[:argv.index("--")] + ["--predict-with", str(tmp_path / "cost_model.json")]
-                        + argv[argv.index("--"):])
-    rows = [line.split(" | ") for line in (tmp_path / "frontier.md").read_text().splitlines()
-            if line.startswith(tuple(f"| {m} | 3x" for m in methods))]
-    assert len(rows) == len(methods)
-    assert all(row[5] == row[6].rstrip(" |") != "-" for row in rows), rows
+    # another fit judged on the same models: the fit that trained them predicts what their cells did
+    cost = bench_frontier.mp.CostModel.load(tmp_path / "cost_model.json")
+    again = bench_frontier.predictions_with([tmp_path / "seed0"], cost, type("Args", (), {"methods": methods, "speedups": [3.0]}))
+    assert again == pytest.approx({f"seed0/rotten_tomatoes/{k}": c["predicted_speedup"] for k, c in cells.items()})
 
 
 def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_within_one_standard_error():
@@ -71,3 +68,15 @@ def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_
     assert any(v.startswith("rt: mlprune at 3x 81.00%") and "-1.00 pt (met" in v for v in verdicts)
     assert "rt mlprune_speedup @ 3x: predicted 3.00x, measured 2.80x (+7.1%; target within 10 %)" in verdicts
     assert "rt mlprune_speedup asked 3x: measured 2.80x (met: >= 2.70x)" in verdicts
+
+
+def test_another_fit_is_a_column_and_an_error_summary_beside_the_fit_that_trained():
+    table = {("dense", 1.0): [{"test_acc": 0.82, "speedup": 1.0}],
+             ("mlprune_speedup", 3.0): [{"test_acc": 0.81, "speedup": 2.8, "predicted": 3.0, "predicted_with": 2.52},
+                                        {"test_acc": 0.81, "speedup": 3.2, "predicted": 3.0, "predicted_with": 3.2}]}
+    args = type("Args", (), {"speedups": [3.0], "predict_with": bench_frontier.Path("refit.json")})
+    text, verdicts = bench_frontier.report({"rt": table}, {"rt": 1275}, args)
+    assert "| mlprune_speedup | 3x | 2 | 81.00% ± 0.00 | 3.00x | 3.00x | 2.86x |" in text
+    assert "predicted by refit.json |" in text
+    assert "rt: predicted by the fit each model trained with: error -6.2% to +7.1%, 6.7% on average over 2 models" in verdicts
+    assert "rt: predicted by refit.json: error -10.0% to +0.0%, 5.0% on average over 2 models" in verdicts
