@@ -4,11 +4,11 @@ from benchmarks import bench_lowerings
 
 
 def test_every_lowering_computes_the_same_and_is_timed(capsys):
-    bench_lowerings.main(["--tokens", "16", "--hidden", "32", "--kept", "0.25", "1.0", "--threads", "1",
+    bench_lowerings.main(["--tokens", "16", "--hidden", "32", "--kept", "0.25", "--threads", "1",
                           "--rounds", "1", "--repeats", "1"])
     out = capsys.readouterr().out
-    assert "| 8 of 32 |" in out and "| 32 of 32 |" in out
-    assert out.count("| fp32 |") == 2 and out.count("| int8 |") == 2
+    assert "| 8 of 32 |" in out
+    assert out.count("| fp32 |") == 1 and out.count("| int8 |") == 1
 
 
 def test_the_gather_lowering_puts_each_kept_output_in_its_column_and_leaves_the_rest():
