@@ -10,6 +10,9 @@ schedule, on the same batches:
 - mlprune_speedup: prepare(speedup=1/r, heads + rows): the target is a predicted speed-up (--cost-model),
                  so r = 0.5 asks for 2x, 0.2 for 5x; opt-in
 - mlprune_speedup_blocks: the same with 32x32 blocks in the same step; opt-in
+- mlprune_speedup_int8: the speed-up 1/r over dense float32 asked of the model's int8 form: trained under an
+                 int8 calibration (--int8-cost-model), which prices kept weights at int8 speed and heads as
+                 before; asks that model for 1/r over dense int8 times what int8 alone gives; opt-in
 - mlprune_2step: MLPruning's two steps (heads + rows to 0.5, then 32x32 blocks to r / 0.5),
                  the step budget split in two; opt-in, targets below 0.5, CPU only
 - magnitude:     global unstructured L1 pruning, fine-tuned with the masks held
@@ -59,9 +62,9 @@ from mlprune_fx.training.distill import DistillConfig, enable_distillation_outpu
 from mlprune_fx.training.hold import ADJUST_WARNING, describe_adjust
 from mlprune_fx.training.optimizer import DESCENT
 
-METHODS = ("mlprune", "mlprune_speedup", "mlprune_speedup_blocks", "mlprune_2step", "magnitude", "torch_pruning",
-           "dense_more")
-SPEEDUP_METHODS = ("mlprune_speedup", "mlprune_speedup_blocks")
+METHODS = ("mlprune", "mlprune_speedup", "mlprune_speedup_blocks", "mlprune_speedup_int8", "mlprune_2step", "magnitude",
+           "torch_pruning", "dense_more")
+SPEEDUP_METHODS = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune_speedup_int8")
 DEFAULT_METHODS = ("mlprune", "magnitude", "torch_pruning")
 TWO_STEP_R1 = 0.5
 # Settings that change what a cell computes; --resume refuses results made with others.
@@ -201,16 +204,38 @@ def predicted_speedup(model: torch.nn.Module, dense: torch.nn.Module, example: d
     return ms(dense) / ms(model)
 
 
+class Unreachable(ValueError):
+    """A cell that cannot be asked for: recorded as its error, the other cells go on."""
+
+
+def int8_gain(model, example: dict, fp32: mp.CostModel, int8: mp.CostModel) -> float:
+    """Dense float32 over dense int8 latency, as the two calibrations predict them for this model."""
+    prepared = mp.prepare(model, mp.PruningConfig(target=1.0, cost_model=int8), example_inputs=example)
+    counts = latency_counts(prepared, int8.max_block_density, dense=True)
+    return counts.ms(fp32) / counts.ms(int8)
+
+
 def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None,
-                granularity: tuple[str, ...] = ("head", "row"), speedup: bool = False) -> tuple[torch.nn.Module, dict]:
-    """LEAP to a share of the weights, or with `speedup` to a predicted speed-up of 1 / target."""
+                granularity: tuple[str, ...] = ("head", "row"), speedup: bool = False,
+                int8: bool = False) -> tuple[torch.nn.Module, dict]:
+    """LEAP to a share of the weights, or with `speedup` to a predicted speed-up of 1 / target (with `int8`: of
+    the int8 form over dense float32, under the int8 calibration)."""
     student = copy.deepcopy(dense)
     hidden = kd is not None and kd.wants_hidden
     if hidden:
         enable_distillation_outputs(student, attentions=False)  # before prepare, so the graph returns them
+    gain = 1.0
     if speedup:
-        options = pruning_options(args) | {"attention_length": None, "cost_model": cost_model(args)}
-        config = mp.PruningConfig(speedup=1 / target, granularity=granularity, **options)
+        cost = cost_model(args)
+        if int8:
+            if args.int8_cost is None:
+                raise ValueError("mlprune_speedup_int8 needs --int8-cost-model (mlprune calibrate --quantize int8)")
+            cost = args.int8_cost
+            gain = int8_gain(dense, {k: v for k, v in data.example.items() if k != "labels"}, cost_model(args), cost)
+            if 1 / target <= gain:
+                raise Unreachable(f"asked {1 / target:g}x, and dense int8 is predicted at {gain:.2f}x already")
+        options = pruning_options(args) | {"attention_length": None, "cost_model": cost}
+        config = mp.PruningConfig(speedup=1 / target / gain, granularity=granularity, **options)
     else:
         config = mp.PruningConfig(target=target, granularity=granularity, **pruning_options(args))
     prepared = mp.prepare(student, config, data.example)
@@ -234,8 +259,12 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
     blocks = sum(1 for n in converted.graph.nodes if is_block_sparse_linear(n))
     if blocks:
         notes.append(f"{blocks} matrices on the block-sparse kernel")
-    return converted, {"remaining": report.remaining, "notes": notes, "predicted_speedup": report.predicted_speedup,
-                       "extra": {"mask_lr": log.mask_lr, "hold_from": log.hold_from, "before_hold": log.before_hold,
+    extra = {}
+    if int8:
+        notes.append(f"asked {1 / target / gain:.2f}x of the int8 form over dense int8 (int8 alone: {gain:.2f}x)")
+        extra = {"int8_cost_model": args.int8_cost_model, "int8_gain": gain}
+    return converted, {"remaining": report.remaining, "notes": notes, "predicted_speedup": report.predicted_speedup * gain,
+                       "extra": extra | {"mask_lr": log.mask_lr, "hold_from": log.hold_from, "before_hold": log.before_hold,
                                  "adjust": log.adjust, "hold_churn": log.hold_churn, "heads_kept": heads}}
 
 
@@ -307,6 +336,7 @@ def run_dense_more(dense, target: float, data: Data, args, kd: DistillConfig | N
 RUNNERS: dict[str, Callable] = {"mlprune": run_mlprune, "mlprune_speedup": functools.partial(run_mlprune, speedup=True),
                                 "mlprune_speedup_blocks": functools.partial(run_mlprune, speedup=True,
                                                                             granularity=("head", "row", "block")),
+                                "mlprune_speedup_int8": functools.partial(run_mlprune, speedup=True, int8=True),
                                 "mlprune_2step": run_mlprune_2step,
                                 "magnitude": run_magnitude, "torch_pruning": run_torch_pruning,
                                 "dense_more": run_dense_more}
@@ -536,6 +566,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cost-model", type=Path, default=SETTING_DEFAULTS["cost_model"],
                    help="cost model JSON (mlprune calibrate) for the speed-up targets and every cell's predicted "
                         "speed-up (default: the one shipped with mlprune_fx)")
+    p.add_argument("--int8-cost-model", type=Path,
+                   help="an int8 calibration (mlprune calibrate --quantize int8) for mlprune_speedup_int8 (recorded in "
+                        "its cells, not a run setting: adding it resumes a folder)")
     p.add_argument("--mask-lr-scale", type=float, default=SETTING_DEFAULTS["mask_lr_scale"],
                    help="the mlprune method's mask learning rate is this times the one train() derives from the run "
                         "(default_mask_lr): above 1 the thresholds travel further before the hold")
@@ -577,6 +610,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         except mp.CheckpointError as exc:
             p.error(f"--cost-model: {exc}")
         args.cost_model = str(args.cost_model)
+    args.int8_cost = None
+    if args.int8_cost_model is not None:
+        try:
+            args.int8_cost = mp.CostModel.load(args.int8_cost_model)
+        except mp.CheckpointError as exc:
+            p.error(f"--int8-cost-model: {exc}")
+        if args.int8_cost.quantize != "int8":
+            p.error(f"--int8-cost-model {args.int8_cost_model}: a float32 calibration; make one with --quantize int8")
+        args.int8_cost_model = str(args.int8_cost_model)
+    if "mlprune_speedup_int8" in args.methods and args.int8_cost is None:
+        p.error("mlprune_speedup_int8 needs --int8-cost-model (mlprune calibrate --quantize int8)")
     if any(m in SPEEDUP_METHODS for m in args.methods) and args.attention_length is not None:
         p.error("--attention-length applies to weight targets; the speed-up methods charge heads by the cost model")
     if args.prune_seed is None:
@@ -662,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
                     try:
                         cell = run_cell(method, target, dense, data, args, kd, dense_path, feeds, tmp, device)
                     except Exception as e:  # one method failing must not lose the others' hours
-                        if method != "torch_pruning":
+                        if method != "torch_pruning" and not isinstance(e, Unreachable):
                             raise
                         cell = {"method": method, "target": target, "error": f"{type(e).__name__}: {e}"}
                         print(f"{name} {key}: FAILED {cell['error']}", flush=True)

@@ -14,6 +14,11 @@ uniform in [0.1, 1]), each converted as
 and timed in ONNX Runtime at batch x seq, one session open at a time, rounds alternating. Prints ms,
 each form's time over auto's (measured and as the cost model predicts) and the noise control's ratio.
 
+--int8: the same layouts converted with quantize="int8" (int8 weights make kept rows cheaper, the scatter
+costs what it did), as auto, auto (again), compacted and
+
+- rows kept:      every pruned output row kept as a zero row (no scatter)
+
 --blocks: layouts with 32x32 blocks at 20-70 % in the same step instead, as
 
 - auto:                FFN and output rows pruned a block of rows at a time (what prepare does with blocks)
@@ -42,6 +47,7 @@ from mlprune_fx.core.pruning_state import mask_modules, pruning_state
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 
 FORMS = ("auto", "auto (again)", "compacted", "rows rounded")
+INT8_FORMS = ("auto", "auto (again)", "compacted", "rows kept")
 BLOCK_FORMS = ("auto", "auto (again)", "rows one at a time")
 
 
@@ -83,6 +89,17 @@ def converted_forms(prepared, cost: mp.CostModel, multiple: int) -> dict[str, tu
     }
 
 
+def int8_forms(prepared, cost: mp.CostModel) -> dict[str, tuple[torch.fx.GraphModule, float]]:
+    """The output-row choices in int8; predicted by `cost` as it prices them (an int8 calibration prices int8)."""
+    def form(compact: bool | None, compacting):
+        predicted = latency_counts(prepared, cost.max_block_density, compacting=compacting).ms(cost)
+        return mp.convert(prepared, quantize="int8", compact_output_rows=compact), predicted
+
+    auto = form(None, cost.compacting_pays)
+    return {"auto": auto, "auto (again)": auto, "compacted": form(True, None),
+            "rows kept": form(False, lambda out, inp, kept: kept == 0)}
+
+
 def _encoder_weights(gm) -> int:
     return sum(p.numel() for n, p in gm.named_parameters() if n.endswith("weight") and p.dim() == 2
                and not any(s in n for s in ("embeddings", "classifier", "pooler")))
@@ -101,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--blocks", action="store_true", help="layouts with blocks: rows by block against one at a time")
+    p.add_argument("--int8", action="store_true", help="output rows compacted or kept, converted to int8")
     args = p.parse_args(argv)
+    if args.int8 and args.blocks:
+        p.error("--int8 times the output-row choices of heads-and-rows layouts; leave out --blocks")
     torch.set_num_threads(args.threads)
     cost = mp.CostModel.load(args.cost_model)
     model = model_named(args.model, args.layers)
@@ -118,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
                 name, forms = block_forms(model, cost, 100 + i)
             else:
                 name, prepared = random_shape(model, cost, 100 + i, blocks=False, output_rows=True)
-                forms = converted_forms(prepared, cost, args.multiple)
+                forms = int8_forms(prepared, cost) if args.int8 else converted_forms(prepared, cost, args.multiple)
             for form, (converted, ms) in forms.items():
                 predicted[name, form] = ms
                 paths[name, form] = mp.export_onnx(converted, Path(tmp) / f"{len(paths)}.onnx", small)
@@ -126,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         feeds = {"input_ids": x.numpy(), "attention_mask": torch.ones_like(x).numpy()}
         ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in paths.items()}, rounds=args.rounds,
                            runs=args.repeats)
-    rows, ratios = [], {f: [] for f in (BLOCK_FORMS if args.blocks else FORMS)[1:]}
+    rows, ratios = [], {f: [] for f in (BLOCK_FORMS if args.blocks else INT8_FORMS if args.int8 else FORMS)[1:]}
     for (name, form), value in ms.items():
         auto = ms[name, "auto"]
         ratio, pred = value / auto, predicted[name, form] / predicted[name, "auto"]

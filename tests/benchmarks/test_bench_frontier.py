@@ -10,13 +10,16 @@ pytestmark = pytest.mark.usefixtures("small_bert")  # tests/conftest.py
 
 
 def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys):
-    methods = ["mlprune_speedup", "mlprune_speedup_blocks", "magnitude"]  # a peer through ORT's quantize_dynamic
+    # a peer through ORT's quantize_dynamic, and a speed-up asked of the int8 form
+    methods = ["mlprune_speedup", "mlprune_speedup_blocks", "mlprune_speedup_int8", "magnitude"]
     argv = ["--datasets", "rotten_tomatoes", "--speedups", "3", "--seeds", "0", "--methods", *methods,
             "--threads", "1", "--batch", "1", "--seq", "8", "--rounds", "1", "--repeats", "1", "--no-progress",
             "--out", str(tmp_path), "--", "--examples", "120", "--finetune-steps", "2", "--prune-steps", "4",
             "--batch-size", "8", "--max-length", "16", "--repeats", "1"]
     # a made-up calibration (mlprune_fx.calibrate has its own tests): a toy model's timings are all fixed cost
     bench_frontier.mp.CostModel(0.01, 0.01, 0.06, 0.1, batch=1, seq=8, threads=1).save(tmp_path / "cost_model.json")
+    bench_frontier.mp.CostModel(0.004, 0.004, 0.06, 0.1, batch=1, seq=8, threads=1, quantize="int8").save(
+        tmp_path / "cost_model_int8.json")
     bench_frontier.main(argv)
     out = capsys.readouterr().out
     assert (tmp_path / "frontier.png").stat().st_size > 0
@@ -33,6 +36,12 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
         assert f"| {name} |" in md
     assert "rotten_tomatoes mlprune_speedup asked 3x: measured" in out and "within 1 point" in out
     assert "rotten_tomatoes mlprune_speedup_blocks @ 3x: predicted" in out
+    # the int8-targeted model: trained under the int8 fit, its prediction and the asked S judged on its int8 form
+    extra = cells["mlprune_speedup_int8@0.333333"]["extra"]
+    assert extra["int8_cost_model"] == str(tmp_path / "cost_model_int8.json") and extra["int8_gain"] > 1
+    assert "rotten_tomatoes mlprune_speedup_int8 + int8 @ 3x: predicted" in out
+    assert "rotten_tomatoes mlprune_speedup_int8 + int8 asked 3x: measured" in out
+    assert "rotten_tomatoes mlprune_speedup_int8 @ 3x: predicted" not in out
     assert "Frontier (best mean test accuracy at the speed-up or faster" in md
     # resumable: a second run trains nothing and times nothing again
     capsys.readouterr()
@@ -42,7 +51,9 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     # another fit judged on the same models: the fit that trained them predicts what their cells did
     cost = bench_frontier.mp.CostModel.load(tmp_path / "cost_model.json")
     again = bench_frontier.predictions_with([tmp_path / "seed0"], cost, type("Args", (), {"methods": methods, "speedups": [3.0]}))
-    assert again == pytest.approx({f"seed0/rotten_tomatoes/{k}": c["predicted_speedup"] for k, c in cells.items()})
+    assert again.pop("seed0/rotten_tomatoes/mlprune_speedup_int8@0.333333") > 0  # of its float32 form
+    assert again == pytest.approx({f"seed0/rotten_tomatoes/{k}": c["predicted_speedup"] for k, c in cells.items()
+                                   if not k.startswith("mlprune_speedup_int8")})
 
 
 def test_frontier_takes_the_best_point_at_the_speed_up_or_faster_and_calls_ties_within_one_standard_error():
@@ -80,3 +91,21 @@ def test_another_fit_is_a_column_and_an_error_summary_beside_the_fit_that_traine
     assert "predicted by refit.json |" in text
     assert "rt: predicted by the fit each model trained with: error -6.2% to +7.1%, 6.7% on average over 2 models" in verdicts
     assert "rt: predicted by refit.json: error -10.0% to +0.0%, 5.0% on average over 2 models" in verdicts
+
+
+def test_a_speed_up_that_dense_int8_already_gives_is_an_error_of_its_cell_not_of_the_run():
+    import torch
+
+    from benchmarks import bench_accuracy
+    from conftest import tiny_model
+
+    fp32 = bench_frontier.mp.CostModel(0.01, 0.01, 0.06, 0.1, batch=1, seq=8)
+    int8 = bench_frontier.mp.CostModel(0.001, 0.001, 0.0001, 0.01, batch=1, seq=8, quantize="int8")
+    ids = torch.randint(5, 90, (2, 8))
+    data = type("Data", (), {"example": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})
+    args = type("Args", (), {"cost": fp32, "int8_cost": int8, "int8_cost_model": "int8.json"})
+    dense = tiny_model("bert", layers=1).eval()
+    gain = bench_accuracy.int8_gain(dense, data.example, fp32, int8)
+    assert gain > 2
+    with pytest.raises(bench_accuracy.Unreachable, match=f"asked 2x, and dense int8 is predicted at {gain:.2f}x"):
+        bench_accuracy.run_mlprune(dense, 0.5, data, args, None, speedup=True, int8=True)
