@@ -27,8 +27,9 @@ Step 1 calibrates the cost model here (OUT/cost_model.json, reused). Step 2 runs
 seed into OUT/seedN (resumable per cell; options after `--` go to it unchanged, e.g. the dataset's
 recipe). Step 3 times every saved model in fp32 and int8 beside dense, one session alive at a time (the x of
 both), and scores the int8 forms (OUT/int8.json, resumable per model).
-`--predict-with COST.json` also predicts every saved model with another fit, against the same timings
-(a recalibration judged without retraining).
+`--report-only` reports what OUT holds without training or timing. `--predict-with COST.json` also
+predicts every saved model with another fit, against the same timings (a recalibration judged without
+retraining).
 
     python -m benchmarks.bench_frontier --datasets rotten_tomatoes --out out/frontier_rt -- \\
         --finetune-steps 2000 --finetune-lr 1e-4 --prune-steps 1600 --batch-size 16 --lr 2e-4 --lambda-f 200000
@@ -357,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and time nothing: report the cells and timings OUT holds (a grid still filling)")
     p.add_argument("--predict-with", type=Path, metavar="COST.json",
                    help="also predict every pruned model with this cost model, against the same timings")
     args = p.parse_args(own)
@@ -366,9 +369,15 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     header = machine_header(args.threads)
     print(header, flush=True)
-    cost_path = calibrated(args.out, args)
-    runs = accuracy_runs(args.out, cost_path, args)
-    int8 = deployed_points(runs, args)
+    if args.report_only:
+        runs = [run for run in (args.out / f"seed{seed}" for seed in args.seeds) if (run / "results.json").exists()]
+        if not runs:
+            p.error(f"--report-only: {args.out} holds no results of seeds {args.seeds}")
+        int8_path = args.out / "int8.json"
+        int8 = json.loads(int8_path.read_text()) if int8_path.exists() else {}
+    else:
+        runs = accuracy_runs(args.out, calibrated(args.out, args), args)
+        int8 = deployed_points(runs, args)
     other_fit = predictions_with(runs, mp.CostModel.load(args.predict_with), args) if args.predict_with else None
     found = points(runs, int8, args, other_fit)
     sizes = {d: e["sizes"]["test"] for d, e in json.loads((runs[0] / "results.json").read_text())["datasets"].items()}

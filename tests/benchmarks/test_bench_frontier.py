@@ -48,6 +48,9 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     bench_frontier.main(argv)
     out = capsys.readouterr().out
     assert ": remaining" not in out and "int8 test" not in out
+    # a report of what the folder holds, with a seed that has nothing yet
+    bench_frontier.main(argv[:argv.index("--")] + ["--report-only", "--seeds", "0", "7"])
+    assert "| mlprune_speedup | 3x | 1 |" in capsys.readouterr().out
     # another fit judged on the same models: the fit that trained them predicts what their cells did
     cost = bench_frontier.mp.CostModel.load(tmp_path / "cost_model.json")
     again = bench_frontier.predictions_with([tmp_path / "seed0"], cost, type("Args", (), {"methods": methods, "speedups": [3.0]}))
