@@ -196,12 +196,13 @@ def cost_model(args) -> mp.CostModel:
 def predicted_speedup(model: torch.nn.Module, dense: torch.nn.Module, example: dict, cost: mp.CostModel) -> float:
     """What the cost model predicts for a model pruned by other means (its shapes, nothing masked) over dense."""
     inputs = {k: v for k, v in example.items() if k != "labels"}
+    return dense_counts(dense, inputs, cost).ms(cost) / dense_counts(model, inputs, cost).ms(cost)
 
-    def ms(m):
-        prepared = mp.prepare(m, mp.PruningConfig(target=1.0, cost_model=cost), example_inputs=inputs)
-        return latency_counts(prepared, cost.max_block_density, dense=True).ms(cost)
 
-    return ms(dense) / ms(model)
+def dense_counts(model: torch.nn.Module, inputs: dict, cost: mp.CostModel):
+    """The cost model's counts of a model as it stands (its own shapes, nothing masked)."""
+    prepared = mp.prepare(model, mp.PruningConfig(target=1.0, cost_model=cost), example_inputs=inputs)
+    return latency_counts(prepared, cost.max_block_density, dense=True)
 
 
 class Unreachable(ValueError):
@@ -210,8 +211,7 @@ class Unreachable(ValueError):
 
 def int8_gain(model, example: dict, fp32: mp.CostModel, int8: mp.CostModel) -> float:
     """Dense float32 over dense int8 latency, as the two calibrations predict them for this model."""
-    prepared = mp.prepare(model, mp.PruningConfig(target=1.0, cost_model=int8), example_inputs=example)
-    counts = latency_counts(prepared, int8.max_block_density, dense=True)
+    counts = dense_counts(model, example, int8)
     return counts.ms(fp32) / counts.ms(int8)
 
 
@@ -228,9 +228,7 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
     if speedup:
         cost = cost_model(args)
         if int8:
-            if args.int8_cost is None:
-                raise ValueError("mlprune_speedup_int8 needs --int8-cost-model (mlprune calibrate --quantize int8)")
-            cost = args.int8_cost
+            cost = args.int8_cost  # parse_args requires it for this method
             gain = int8_gain(dense, {k: v for k, v in data.example.items() if k != "labels"}, cost_model(args), cost)
             if 1 / target <= gain:
                 raise Unreachable(f"asked {1 / target:g}x, and dense int8 is predicted at {gain:.2f}x already")
@@ -603,22 +601,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="reuse the dense fine-tuned models of an earlier --out folder (same fine-tuning settings)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
-    args.cost = None
-    if args.cost_model is not None:
-        try:
-            args.cost = mp.CostModel.load(args.cost_model)
-        except mp.CheckpointError as exc:
-            p.error(f"--cost-model: {exc}")
-        args.cost_model = str(args.cost_model)
-    args.int8_cost = None
-    if args.int8_cost_model is not None:
-        try:
-            args.int8_cost = mp.CostModel.load(args.int8_cost_model)
-        except mp.CheckpointError as exc:
-            p.error(f"--int8-cost-model: {exc}")
-        if args.int8_cost.quantize != "int8":
-            p.error(f"--int8-cost-model {args.int8_cost_model}: a float32 calibration; make one with --quantize int8")
-        args.int8_cost_model = str(args.int8_cost_model)
+    for flag in ("cost_model", "int8_cost_model"):  # loaded into args.cost / args.int8_cost, the path kept as text
+        path = getattr(args, flag)
+        cost = None
+        if path is not None:
+            try:
+                cost = mp.CostModel.load(path)
+            except mp.CheckpointError as exc:
+                p.error(f"--{flag.replace('_', '-')}: {exc}")
+            setattr(args, flag, str(path))
+        setattr(args, flag.replace("_model", ""), cost)
+    if args.int8_cost is not None and args.int8_cost.quantize != "int8":
+        p.error(f"--int8-cost-model {args.int8_cost_model}: a float32 calibration; make one with --quantize int8")
     if "mlprune_speedup_int8" in args.methods and args.int8_cost is None:
         p.error("mlprune_speedup_int8 needs --int8-cost-model (mlprune calibrate --quantize int8)")
     if any(m in SPEEDUP_METHODS for m in args.methods) and args.attention_length is not None:

@@ -164,9 +164,7 @@ def predictions_with(runs: list[Path], cost: mp.CostModel, args) -> dict[str, fl
     choice of the fit it was converted with): another fit judged on the same timings."""
     found = {}
     packaged, tokenizer = bench_accuracy.load_packaged_model(num_labels=2)
-    unpruned = mp.prepare(packaged, mp.PruningConfig(target=1.0, cost_model=cost),
-                          example_inputs=dict(tokenizer(["a short input"], return_tensors="pt")))
-    unpruned = latency_counts(unpruned, cost.max_block_density, dense=True)
+    unpruned = bench_accuracy.dense_counts(packaged, dict(tokenizer(["a short input"], return_tensors="pt")), cost)
     for run in runs:
         for dataset in json.loads((run / "results.json").read_text())["datasets"]:
             for method, target in ((m, knob(s)) for m in args.methods for s in args.speedups):
