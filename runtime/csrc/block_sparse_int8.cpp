@@ -297,18 +297,26 @@ inline void quantize_params(float lo, float hi, float* scale, int32_t* zp) {
   *zp = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, std::nearbyint(-lo / s))));
 }
 
-void quantize_row_scalar(const float* x, int64_t n, uint8_t* q, float* scale, int32_t* zp) {
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
+// The portable forms of the two passes over x[from, n): the whole row here, the tails of the vector paths.
+inline void widen_range(const float* x, int64_t from, int64_t n, float* lo, float* hi) {
+  for (int64_t i = from; i < n; ++i) {
+    *lo = std::min(*lo, x[i]);
+    *hi = std::max(*hi, x[i]);
   }
-  quantize_params(lo, hi, scale, zp);
-  const float inv = 1.0f / *scale;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = std::nearbyint(x[i] * inv) + static_cast<float>(*zp);
+}
+
+inline void quantize_range(const float* x, int64_t from, int64_t n, float inv, int32_t zp, uint8_t* q) {
+  for (int64_t i = from; i < n; ++i) {
+    const float v = std::nearbyint(x[i] * inv) + static_cast<float>(zp);
     q[i] = static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, v)));
   }
+}
+
+void quantize_row_scalar(const float* x, int64_t n, uint8_t* q, float* scale, int32_t* zp) {
+  float lo = 0.0f, hi = 0.0f;
+  widen_range(x, 0, n, &lo, &hi);
+  quantize_params(lo, hi, scale, zp);
+  quantize_range(x, 0, n, 1.0f / *scale, *zp, q);
 }
 
 MLP_AVX512 void quantize_row_avx512(const float* x, int64_t n, uint8_t* q, float* scale, int32_t* zp) {
@@ -327,10 +335,7 @@ MLP_AVX512 void quantize_row_avx512(const float* x, int64_t n, uint8_t* q, float
     hi0 = _mm512_max_ps(hi0, v);
   }
   float l = _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1)), h = _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1));
-  for (int64_t j = i; j < n; ++j) {
-    l = std::min(l, x[j]);
-    h = std::max(h, x[j]);
-  }
+  widen_range(x, i, n, &l, &h);
   quantize_params(l, h, scale, zp);
   const float inv = 1.0f / *scale;
   // round(x * (1 / s)) + z in integers: clamping at 0 below and unsigned saturation at 255 above is the
@@ -343,10 +348,48 @@ MLP_AVX512 void quantize_row_avx512(const float* x, int64_t n, uint8_t* q, float
     v = _mm512_max_epi32(_mm512_add_epi32(v, z), zero);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtusepi32_epi8(v));
   }
-  for (; i < n; ++i) {
-    const float v = std::nearbyint(x[i] * inv) + static_cast<float>(*zp);
-    q[i] = static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, v)));
+  quantize_range(x, i, n, inv, *zp, q);
+}
+
+// round(x * inv) + zp clamped to [0, 255], 8 at a time (NaN converts to INT_MIN, so to 0 as in the scalar form)
+MLP_AVX2 inline __m256i quantize8_avx2(const float* x, __m256 inv, __m256i zp) {
+  const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), inv)), zp);
+  return _mm256_min_epi32(_mm256_max_epi32(v, _mm256_setzero_si256()), _mm256_set1_epi32(255));
+}
+
+// The AVX2 form of the scalar quantizer, element for element: min/max with NaN ignored as std::min/max do,
+// x * (1 / s) rounded to nearest even (the default rounding the scalar nearbyint uses), clamped to [0, 255].
+MLP_AVX2 void quantize_row_avx2(const float* x, int64_t n, uint8_t* q, float* scale, int32_t* zp) {
+  __m256 lo0 = _mm256_setzero_ps(), hi0 = _mm256_setzero_ps(), lo1 = lo0, hi1 = hi0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+    lo0 = _mm256_min_ps(a, lo0);  // a NaN in x leaves the running value (the second operand) as it was
+    hi0 = _mm256_max_ps(a, hi0);
+    lo1 = _mm256_min_ps(b, lo1);
+    hi1 = _mm256_max_ps(b, hi1);
   }
+  alignas(32) float los[8], his[8];
+  _mm256_store_ps(los, _mm256_min_ps(lo0, lo1));
+  _mm256_store_ps(his, _mm256_max_ps(hi0, hi1));
+  float l = 0.0f, h = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    l = std::min(l, los[j]);
+    h = std::max(h, his[j]);
+  }
+  widen_range(x, i, n, &l, &h);
+  quantize_params(l, h, scale, zp);
+  const float inv = 1.0f / *scale;
+  const __m256 s = _mm256_set1_ps(inv);
+  const __m256i z = _mm256_set1_epi32(*zp);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undo the per-lane interleave of the packs
+  for (i = 0; i + 32 <= n; i += 32) {
+    const __m256i lo = _mm256_packus_epi32(quantize8_avx2(x + i, s, z), quantize8_avx2(x + i + 8, s, z));
+    const __m256i hi = _mm256_packus_epi32(quantize8_avx2(x + i + 16, s, z), quantize8_avx2(x + i + 24, s, z));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(lo, hi), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), bytes);
+  }
+  quantize_range(x, i, n, inv, *zp, q);
 }
 
 void quantize_rows_isa(Isa isa, const float* x, int64_t rows, int64_t in, uint8_t* q, float* scale,
@@ -354,6 +397,8 @@ void quantize_rows_isa(Isa isa, const float* x, int64_t rows, int64_t in, uint8_
   for (int64_t m = 0; m < rows; ++m) {
     if (isa >= Isa::kAvx512)
       quantize_row_avx512(x + m * in, in, q + m * in, scale + m, zp + m);
+    else if (isa == Isa::kAvx2)
+      quantize_row_avx2(x + m * in, in, q + m * in, scale + m, zp + m);
     else
       quantize_row_scalar(x + m * in, in, q + m * in, scale + m, zp + m);
   }

@@ -10,8 +10,9 @@ pytestmark = pytest.mark.usefixtures("small_bert")  # tests/conftest.py
 
 
 def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys):
-    # a peer through ORT's quantize_dynamic, and a speed-up asked of the int8 form
-    methods = ["mlprune_speedup", "mlprune_speedup_blocks", "mlprune_speedup_int8", "magnitude"]
+    # a speed-up target (with blocks: plain mlprune_speedup is the same path with one granularity less), a peer
+    # through ORT's quantize_dynamic, and a speed-up asked of the int8 form; each cell costs about 30 s of exports
+    methods = ["mlprune_speedup_blocks", "mlprune_speedup_int8", "magnitude"]
     argv = ["--datasets", "rotten_tomatoes", "--speedups", "3", "--seeds", "0", "--methods", *methods,
             "--threads", "1", "--batch", "1", "--seq", "8", "--rounds", "1", "--repeats", "1", "--no-progress",
             "--out", str(tmp_path), "--", "--examples", "120", "--finetune-steps", "2", "--prune-steps", "4",
@@ -32,9 +33,10 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     assert {f"seed0/rotten_tomatoes/{m}@0.333333" for m in methods} | {"seed0/rotten_tomatoes/dense"} == set(int8)
     assert all(int8[f"seed0/rotten_tomatoes/{m}@0.333333"]["fp32_ms"] > 0 for m in methods)  # fp32 timed alone too
     md = (tmp_path / "frontier.md").read_text()
-    for name in ["dense", "dense + ORT quantize_dynamic", "mlprune_speedup + int8", "magnitude + ORT quantize_dynamic"]:
+    for name in ["dense", "dense + ORT quantize_dynamic", "mlprune_speedup_blocks + int8",
+                 "magnitude + ORT quantize_dynamic"]:
         assert f"| {name} |" in md
-    assert "rotten_tomatoes mlprune_speedup asked 3x: measured" in out and "within 1 point" in out
+    assert "rotten_tomatoes mlprune_speedup_blocks asked 3x: measured" in out and "within 1 point" in out
     assert "rotten_tomatoes mlprune_speedup_blocks @ 3x: predicted" in out
     # the int8-targeted model: trained under the int8 fit, its prediction and the asked S judged on its int8 form
     extra = cells["mlprune_speedup_int8@0.333333"]["extra"]
@@ -50,7 +52,7 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     assert ": remaining" not in out and "int8 test" not in out
     # a report of what the folder holds, with a seed that has nothing yet
     bench_frontier.main(argv[:argv.index("--")] + ["--report-only", "--seeds", "0", "7"])
-    assert "| mlprune_speedup | 3x | 1 |" in capsys.readouterr().out
+    assert "| mlprune_speedup_blocks | 3x | 1 |" in capsys.readouterr().out
     # another fit judged on the same models: the fit that trained them predicts what their cells did
     cost = bench_frontier.mp.CostModel.load(tmp_path / "cost_model.json")
     again = bench_frontier.predictions_with([tmp_path / "seed0"], cost, type("Args", (), {"methods": methods, "speedups": [3.0]}))

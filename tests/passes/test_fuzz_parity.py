@@ -1,6 +1,6 @@
 """Hypothesis draws encoders and masks; convert and ONNX Runtime must match the masked model.
 
-More examples: MLPRUNE_FUZZ_EXAMPLES=200 make test PYTEST_ARGS="tests/test_fuzz_parity.py"
+More examples: MLPRUNE_FUZZ_EXAMPLES=200 make test PYTEST_ARGS="tests/passes/test_fuzz_parity.py"
 """
 
 import os

@@ -55,6 +55,20 @@ def test_integer_parts_equal_the_reference_bit_for_bit(isa, rows, rb, cb, b, den
     assert acc.dtype == torch.int32 and torch.equal(acc, ref)
 
 
+def test_row_quantizer_rounds_ties_to_even_and_clamps_like_the_reference(isa):
+    """Scale 1 (a row spanning [0, 255]) puts k + 0.5 exactly on a tie; widths 70 and 96 take the vector body and
+    its scalar tail."""
+    for width in (70, 96):
+        x = (torch.arange(width, dtype=torch.float32) % 255 + 0.5).repeat(3, 1)
+        x[:, 0], x[:, -1] = 0.0, 255.0
+        x[1] *= -1
+        x[2] /= 2
+        q, scale, zp = torch.ops.mlprune.quantize_rows_u8(x)
+        q_ref, scale_ref, zp_ref = int8.quantize_rows_reference(x)
+        assert torch.equal(scale, scale_ref) and torch.equal(zp, zp_ref)
+        assert torch.equal(q, q_ref), (q - q_ref.to(q.dtype)).nonzero()
+
+
 def test_extreme_values_do_not_saturate(isa):
     """Every product at its largest: 255 x +-64 in every lane, where vpmaddubsw would saturate with 8-bit weights."""
     b, cb = 32, 8
