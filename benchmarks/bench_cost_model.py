@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -54,11 +55,12 @@ def random_shape(model, cost: mp.CostModel, seed: int, blocks: bool, output_rows
     config = mp.PruningConfig(granularity=granularity, prune_output_rows=output_rows, cost_model=cost)
     prepared = mp.prepare(model, config)
     g = torch.Generator().manual_seed(seed)
+    low, high = kept
     density = 0.2 + 0.5 * float(torch.rand((), generator=g))
     shares = []
     with torch.no_grad():
         for key, mask in mask_modules(prepared).items():
-            share = density if key.endswith("__blocks") else kept[0] + (kept[1] - kept[0]) * float(torch.rand((), generator=g))
+            share = density if key.endswith("__blocks") else low + (high - low) * float(torch.rand((), generator=g))
             n = mask.scores.numel()
             k = min(n, max(1, round(share * n)))
             keep_random_units(mask, k, g)
@@ -71,13 +73,9 @@ def random_shape(model, cost: mp.CostModel, seed: int, blocks: bool, output_rows
 
 def calibrated(model, args, output_rows_kept: float) -> mp.CostModel:
     """mp.calibrate with `output_rows_kept` of the output rows kept in its output-rows variant."""
-    shipped = calibration.OUTPUT_ROWS_VARIANT
-    calibration.OUTPUT_ROWS_VARIANT = output_rows_kept
-    try:
-        started = time.time()
+    started = time.time()
+    with mock.patch.object(calibration, "OUTPUT_ROWS_VARIANT", output_rows_kept):
         cost = mp.calibrate(model, batch=args.batch, seq=args.seq, threads=args.threads, quantize=args.quantize)
-    finally:
-        calibration.OUTPUT_ROWS_VARIANT = shipped
     print(f"calibrated in {time.time() - started:.0f} s (output rows {output_rows_kept:.1%} kept): weight "
           f"{cost.weight_ns:.3g} ns, block weight {cost.block_weight_ns:.3g} ns, head {cost.head_ns:.3g} ns, fixed "
           f"{cost.fixed_ns:.3g} ns, scatter {cost.scatter_ns:.3g} ns per token; the fit matches its "
