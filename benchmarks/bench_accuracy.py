@@ -226,10 +226,10 @@ def run_mlprune(dense, target: float, data: Data, args, kd: DistillConfig | None
         enable_distillation_outputs(student, attentions=False)  # before prepare, so the graph returns them
     gain = 1.0
     if speedup:
-        cost = cost_model(args)
+        fp32 = cost = cost_model(args)
         if int8:
             cost = args.int8_cost  # parse_args requires it for this method
-            gain = int8_gain(dense, {k: v for k, v in data.example.items() if k != "labels"}, cost_model(args), cost)
+            gain = int8_gain(dense, {k: v for k, v in data.example.items() if k != "labels"}, fp32, cost)
             if 1 / target <= gain:
                 raise Unreachable(f"asked {1 / target:g}x, and dense int8 is predicted at {gain:.2f}x already")
         options = pruning_options(args) | {"attention_length": None, "cost_model": cost}

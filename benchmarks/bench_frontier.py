@@ -70,6 +70,7 @@ OURS = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune_speedup_int8", "ml
 INT8_TARGETED = ("mlprune_speedup_int8",)  # their prediction and asked S are of the int8 form
 ASKED = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune_speedup_int8 + int8")  # held to >= 0.9 S measured
 DENSE_QD = "dense + ORT quantize_dynamic"
+INT8_TIMINGS = "int8.json"  # step 3's record in OUT
 
 
 def knob(speedup: float) -> float:
@@ -108,11 +109,17 @@ def accuracy_runs(out: Path, cost_path: Path, args) -> list[Path]:
     return runs
 
 
+def saved_timings(out: Path) -> dict[str, dict]:
+    """What step 3 has timed and scored so far in `out` (run/dataset/cell -> its record)."""
+    path = out / INT8_TIMINGS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def deployed_points(runs: list[Path], args) -> dict[str, dict]:
     """Every saved model timed in fp32 and int8 beside the dense model, one session alive at a time, and its int8
     form's test accuracy; the dense model through quantize_dynamic too (OUT/int8.json, resumable per model)."""
-    path = args.out / "int8.json"
-    done = json.loads(path.read_text()) if path.exists() else {}
+    path = args.out / INT8_TIMINGS
+    done = saved_timings(args.out)
     for run in runs:
         results = json.loads((run / "results.json").read_text())
         settings = argparse.Namespace(**bench_accuracy.with_defaults(results["settings"]))
@@ -371,8 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [run for run in (args.out / f"seed{seed}" for seed in args.seeds) if (run / "results.json").exists()]
         if not runs:
             p.error(f"--report-only: {args.out} holds no results of seeds {args.seeds}")
-        int8_path = args.out / "int8.json"
-        int8 = json.loads(int8_path.read_text()) if int8_path.exists() else {}
+        int8 = saved_timings(args.out)
     else:
         runs = accuracy_runs(args.out, calibrated(args.out, args), args)
         int8 = deployed_points(runs, args)
