@@ -27,7 +27,9 @@ Step 1 calibrates the cost model here (OUT/cost_model.json, reused). Step 2 runs
 seed into OUT/seedN (resumable per cell; options after `--` go to it unchanged, e.g. the dataset's
 recipe). Step 3 times every saved model in fp32 and int8 beside dense, one session alive at a time (the x of
 both), and scores the int8 forms (OUT/int8.json, resumable per model).
-`--report-only` reports what OUT holds without training or timing. `--predict-with COST.json` also
+`--report-only` reports what OUT holds without training or timing; `--train-only` stops after step 2, so a
+machine without the deployment CPU can train while that CPU times later (every timing records its CPU, and the
+report says when a table's speed-ups come from more than one). `--predict-with COST.json` also
 predicts every saved model with another fit, against the same timings (a recalibration judged without
 retraining).
 
@@ -60,6 +62,7 @@ from mlprune_fx.core.leap import active_cost_model
 from mlprune_fx.core.pruning_state import pruning_state
 from mlprune_fx.passes.graph_utils import copy_graph_module
 from mlprune_fx.passes.quantize_linears import quantize_linears
+from mlprune_fx.runtime.timing import cpu_description
 from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
 from mlprune_fx.tools.cli.deploy_commands import ort_quantize_dynamic
 from mlprune_fx.tools.data import load_dataset
@@ -107,6 +110,17 @@ def accuracy_runs(out: Path, cost_path: Path, args) -> list[Path]:
         bench_accuracy.main(argv)
         runs.append(run)
     return runs
+
+
+def this_machine() -> str:
+    """The CPU as machine_header names it: speed-ups differ by CPU (int8 most), so each timing records where it ran."""
+    cpu = cpu_description()
+    return f"{cpu['cpu']}, {cpu['cores']} cores, flags: {cpu['flags']}"
+
+
+def header_machine(header: str) -> str:
+    """this_machine's part of a machine_header (bench_accuracy's record of where its cells ran)."""
+    return header.splitlines()[0].removeprefix("machine: ").split("; threads")[0]
 
 
 def saved_timings(out: Path) -> dict[str, dict]:
@@ -157,7 +171,8 @@ def deployed_points(runs: list[Path], args) -> dict[str, dict]:
                     models = {"dense": dense_path, "int8": int8_path} | ({"fp32": fp32_path} if fp32_path else {})
                     ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in models.items()},
                                        rounds=args.rounds, runs=args.repeats)
-                    done[key] = {"test_acc": acc, "ort_ms": ms["int8"], "dense_ort_ms": ms["dense"]}
+                    done[key] = {"test_acc": acc, "ort_ms": ms["int8"], "dense_ort_ms": ms["dense"],
+                                 "machine": this_machine()}
                     if fp32_path:
                         done[key]["fp32_ms"] = ms["fp32"]
                     bench_accuracy.save_json(done, path)
@@ -196,13 +211,14 @@ def points(runs: list[Path], int8: dict[str, dict], args,
     found: dict[str, dict[tuple[str, float], list[dict]]] = {}
     for run in runs:
         results = json.loads((run / "results.json").read_text())
+        cells_machine = header_machine(results["machine"])
         for dataset, entry in results["datasets"].items():
             table = found.setdefault(dataset, {})
             dense = entry["dense"]
             table.setdefault(("dense", 1.0), []).append({"test_acc": dense["test_acc"], "speedup": 1.0})
             if (q := int8.get(f"{run.name}/{dataset}/dense")) is not None:
                 table.setdefault((DENSE_QD, 1.0), []).append(
-                    {"test_acc": q["test_acc"], "speedup": q["dense_ort_ms"] / q["ort_ms"]})
+                    {"test_acc": q["test_acc"], "speedup": q["dense_ort_ms"] / q["ort_ms"], "machine": q.get("machine")})
             for s in args.speedups:
                 for method in args.methods:
                     key = bench_accuracy.cell_key(method, knob(s))
@@ -216,12 +232,14 @@ def points(runs: list[Path], int8: dict[str, dict], args,
                         {"test_acc": cell["test_acc"], "predicted": None if int8_targeted else cell.get("predicted_speedup"),
                          "predicted_with": (other_fit or {}).get(f"{run.name}/{dataset}/{key}"),
                          "speedup": timed["dense_ort_ms"] / timed["fp32_ms"] if timed else
-                         cell["dense_ort_ms"] / cell["ort_ms"]})
+                         cell["dense_ort_ms"] / cell["ort_ms"],
+                         "machine": timed.get("machine") if timed else cells_machine})
                     if q is not None:
                         name = f"{method} + int8" if method in OURS else f"{method} + ORT quantize_dynamic"
                         table.setdefault((name, s), []).append(
                             {"test_acc": q["test_acc"], "speedup": q["dense_ort_ms"] / q["ort_ms"],
-                             "predicted": cell.get("predicted_speedup") if int8_targeted else None})
+                             "predicted": cell.get("predicted_speedup") if int8_targeted else None,
+                             "machine": q.get("machine")})
     return found
 
 
@@ -267,7 +285,11 @@ def report(found: dict, test_sizes: dict[str, int], args) -> tuple[str, list[str
         other = [f"predicted by {args.predict_with.name}"] if args.predict_with else []
         parts += [f"### {dataset}", "", markdown_table(
             ["model", "asked", "seeds", "test acc (mean ± half range)", "measured speed-up", "predicted"] + other,
-            rows), ""]
+            rows), "", timed_on(table), ""]
+        machines = {r["machine"] for records in table.values() for r in records if r.get("machine")}
+        if len(machines) > 1:
+            verdicts.append(f"{dataset}: speed-ups timed on {len(machines)} CPUs, which measure different ratios: "
+                            "time every point on one (run without --report-only there)")
         n = test_sizes[dataset]
         dense_acc = mean(table[("dense", 1.0)], "test_acc")
         se = math.sqrt(dense_acc * (1 - dense_acc) / n)
@@ -315,6 +337,17 @@ def report(found: dict, test_sizes: dict[str, int], args) -> tuple[str, list[str
                     verdicts.append(f"{dataset}: predicted by {fit}: error {min(errors):+.1%} to {max(errors):+.1%}, "
                                     f"{statistics.mean(map(abs, errors)):.1%} on average over {len(errors)} models")
     return "\n".join(parts), verdicts
+
+
+def timed_on(table: dict[tuple[str, float], list[dict]]) -> str:
+    """Which CPUs measured the table's speed-ups (step 3's records before this field was kept: unrecorded)."""
+    counts: dict[str, int] = {}
+    for (name, _), records in table.items():
+        for r in records:
+            if name != "dense":
+                machine = r.get("machine") or "unrecorded"
+                counts[machine] = counts.get(machine, 0) + 1
+    return "Timed on: " + "; ".join(f"{m} ({n} points)" for m, n in sorted(counts.items()))
 
 
 def mean_of(records: list[dict], field: str) -> str:
@@ -365,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--report-only", action="store_true",
                    help="train and time nothing: report the cells and timings OUT holds (a grid still filling)")
+    p.add_argument("--train-only", action="store_true",
+                   help="steps 1 and 2 only: train and score, time nothing (time on the deployment machine later)")
     p.add_argument("--predict-with", type=Path, metavar="COST.json",
                    help="also predict every pruned model with this cost model, against the same timings")
     args = p.parse_args(own)
@@ -381,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
         int8 = saved_timings(args.out)
     else:
         runs = accuracy_runs(args.out, calibrated(args.out, args), args)
+        if args.train_only:
+            print(f"trained and scored into {args.out}; time them with the same command without --train-only")
+            return
         int8 = deployed_points(runs, args)
     other_fit = predictions_with(runs, mp.CostModel.load(args.predict_with), args) if args.predict_with else None
     found = points(runs, int8, args, other_fit)

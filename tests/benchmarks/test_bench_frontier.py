@@ -32,6 +32,7 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     int8 = json.loads((tmp_path / "int8.json").read_text())
     assert {f"seed0/rotten_tomatoes/{m}@0.333333" for m in methods} | {"seed0/rotten_tomatoes/dense"} == set(int8)
     assert all(int8[f"seed0/rotten_tomatoes/{m}@0.333333"]["fp32_ms"] > 0 for m in methods)  # fp32 timed alone too
+    assert {r["machine"] for r in int8.values()} == {bench_frontier.this_machine()}
     md = (tmp_path / "frontier.md").read_text()
     for name in ["dense", "dense + ORT quantize_dynamic", "mlprune_speedup_blocks + int8",
                  "magnitude + ORT quantize_dynamic"]:
@@ -45,11 +46,15 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     assert "rotten_tomatoes mlprune_speedup_int8 + int8 asked 3x: measured" in out
     assert "rotten_tomatoes mlprune_speedup_int8 @ 3x: predicted" not in out
     assert "Frontier (best mean test accuracy at the speed-up or faster" in md
+    assert f"Timed on: {bench_frontier.this_machine()} (7 points)" in md  # dense qd, 3 cells fp32 and int8
     # resumable: a second run trains nothing and times nothing again
     capsys.readouterr()
     bench_frontier.main(argv)
     out = capsys.readouterr().out
     assert ": remaining" not in out and "int8 test" not in out
+    bench_frontier.main(argv[:argv.index("--")] + ["--train-only"] + argv[argv.index("--"):])
+    out = capsys.readouterr().out
+    assert f"trained and scored into {tmp_path}" in out and "written:" not in out
     # a report of what the folder holds, with a seed that has nothing yet
     bench_frontier.main(argv[:argv.index("--")] + ["--report-only", "--seeds", "0", "7"])
     assert "| mlprune_speedup_blocks | 3x | 1 |" in capsys.readouterr().out
@@ -114,3 +119,19 @@ def test_a_speed_up_that_dense_int8_already_gives_is_an_error_of_its_cell_not_of
     assert gain > 2
     with pytest.raises(bench_accuracy.Unreachable, match=f"asked 2x, and dense int8 is predicted at {gain:.2f}x"):
         bench_accuracy.run_mlprune(dense, 0.5, data, args, None, speedup=True, int8=True)
+
+
+def test_a_table_timed_on_two_cpus_says_so():
+    here = bench_frontier.header_machine(bench_frontier.machine_header(2))
+    assert here == bench_frontier.this_machine()
+    table = {("dense", 1.0): [{"test_acc": 0.82, "speedup": 1.0}],
+             ("mlprune_speedup", 3.0): [{"test_acc": 0.81, "speedup": 2.8, "machine": here},
+                                        {"test_acc": 0.81, "speedup": 3.2, "machine": "another CPU"}],
+             ("torch_pruning", 3.0): [{"test_acc": 0.80, "speedup": 3.1}]}
+    args = type("Args", (), {"speedups": [3.0], "predict_with": None})
+    text, verdicts = bench_frontier.report({"rt": table}, {"rt": 1275}, args)
+    timed = "; ".join(f"{m} (1 points)" for m in sorted([here, "another CPU", "unrecorded"]))
+    assert f"Timed on: {timed}" in text
+    assert any(v.startswith("rt: speed-ups timed on 2 CPUs") for v in verdicts)
+    del table[("mlprune_speedup", 3.0)][1]
+    assert not any("CPUs" in v for v in bench_frontier.report({"rt": table}, {"rt": 1275}, args)[1])
