@@ -500,6 +500,20 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
     return model.eval(), data, seconds
 
 
+def check_rebuilt_teacher(dense, data: Data, recorded: dict, name: str) -> None:
+    """A folder whose teacher checkpoint is gone fine-tunes it again (results restored from git, say); its new cells
+    share the old ones' teacher only if the rebuild scores exactly what the folder records (another CPU's rounding,
+    or another torch, can change it)."""
+    got = {"test_acc": accuracy(dense, data.test), "dev_acc": accuracy(dense, data.dev)}
+    if any(got[k] != recorded[k] for k in got):
+        raise RuntimeError(
+            f"{name}: the teacher fine-tuned again scores {got['test_acc']:.4%} test / {got['dev_acc']:.4%} dev, the "
+            f"one this folder's cells trained from {recorded['test_acc']:.4%} / {recorded['dev_acc']:.4%}: new cells "
+            f"would not share their teacher. Put that teacher's dense_{name}.pt back, or start a new --out")
+    print(f"{name}: the teacher fine-tuned again scores what this folder records (test {got['test_acc']:.2%})",
+          flush=True)
+
+
 def saved_model_path(out: Path, dataset: str, method: str, target: float) -> Path:
     """Where --save-models keeps a cell's converted model (mlprune_fx.save: safetensors + JSON)."""
     return out / "models" / f"{dataset}_{method}_{target:g}"
@@ -662,6 +676,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.datasets:
         entry = results["datasets"].get(name)
         dense, data, seconds = dense_model(name, args, device, args.out, entry)
+        if entry is not None and seconds is not None:
+            check_rebuilt_teacher(dense, data, entry["dense"], name)
         data.reseed(args.prune_seed)
         with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp_dir:
             tmp = Path(tmp_dir)

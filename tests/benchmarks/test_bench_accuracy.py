@@ -107,6 +107,18 @@ def test_toy_run_writes_every_cell_and_resumes(tmp_path, capsys, monkeypatch):
     trained = len(seen["first_batches"])
     bench_accuracy.main(again[:-1] + [str(moved), "--prune-steps", "2", "--prune-seed", "1", "--resume", "--dense-from", str(tmp_path)])
     assert "dense model loaded from" in capsys.readouterr().out and len(seen["first_batches"]) == trained  # not fine-tuned again
+    rebuilt = tmp_path / "rebuilt"  # results restored without any checkpoint: the teacher is fine-tuned again
+    rebuilt.mkdir()
+    shutil.copy(tmp_path / "results.json", rebuilt / "results.json")
+    capsys.readouterr()
+    bench_accuracy.main([a if a != str(tmp_path) else str(rebuilt) for a in argv] + ["--resume"])
+    assert "the teacher fine-tuned again scores what this folder records" in capsys.readouterr().out
+    (rebuilt / "dense_rotten_tomatoes.pt").unlink()
+    record = json.loads((rebuilt / "results.json").read_text())
+    record["datasets"]["rotten_tomatoes"]["dense"]["test_acc"] += 0.01
+    (rebuilt / "results.json").write_text(json.dumps(record))
+    with pytest.raises(RuntimeError, match="would not share their teacher. Put that teacher's dense_rotten_tomatoes.pt"):
+        bench_accuracy.main([a if a != str(tmp_path) else str(rebuilt) for a in argv] + ["--resume"])
     with pytest.raises(SystemExit, match="other settings"):
         bench_accuracy.main(again + ["--finetune-steps", "3", "--dense-from", str(tmp_path), "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="prune_seed"):
