@@ -54,7 +54,7 @@ from mlprune_fx.core.cost_model import default_cost_model
 from mlprune_fx.core.latency import latency_counts
 from mlprune_fx.passes.drop_inputs import drop_outputs
 from mlprune_fx.runtime.library import is_block_sparse_linear
-from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
+from mlprune_fx.tools.benchmarking import machine_header, machine_line, markdown_table, session_opener, time_sessions
 from mlprune_fx.tools.data import batches, load_dataset, tokenize
 from mlprune_fx.tools.models import load_packaged_model
 from mlprune_fx.training import accuracy, default_mask_lr, train, two_step_prune
@@ -500,6 +500,19 @@ def dense_model(name: str, args, device, out: Path, entry: dict | None):
     return model.eval(), data, seconds
 
 
+def finished(entry: dict, key: str) -> bool:
+    return key in entry["cells"] and "error" not in entry["cells"][key]
+
+
+def skip_reason(method: str, target: float) -> str | None:
+    """Why this method does not run at this target (None: it does)."""
+    if (method == "dense_more") != (target == 1.0):
+        return "dense_more runs at target 1 and only it does"
+    if method == "mlprune_2step" and target >= TWO_STEP_R1:
+        return f"the two steps start at {TWO_STEP_R1} (targets below only)"
+    return None
+
+
 def check_rebuilt_teacher(dense, data: Data, recorded: dict, name: str) -> None:
     """A folder whose teacher checkpoint is gone fine-tunes it again (results restored from git, say); its new cells
     share the old ones' teacher only if the rebuild scores exactly what the folder records (another CPU's rounding,
@@ -546,7 +559,7 @@ def run_cell(method, target, dense, data: Data, args, kd, dense_path: Path, feed
         "ort_test_acc": ort_test, "params": baselines.stored_parameters(model), "params_nonzero": params_nonzero,
         "ort_ms": ms["pruned"], "dense_ort_ms": ms["dense"], "predicted_speedup": predicted, "train_seconds": trained,
         "seconds": time.time() - started, "notes": info["notes"], "extra": info["extra"],
-        "threads": args.threads, "repeats": args.repeats,
+        "threads": args.threads, "repeats": args.repeats, "machine": machine_line(),
     }
 
 
@@ -679,6 +692,10 @@ def main(argv: list[str] | None = None) -> None:
         if entry is not None and seconds is not None:
             check_rebuilt_teacher(dense, data, entry["dense"], name)
         data.reseed(args.prune_seed)
+        if entry is not None and not any(skip_reason(m, t) is None and not finished(entry, cell_key(m, t))
+                                         for t in args.targets for m in args.methods):
+            print(f"{name}: every cell asked for is done", flush=True)
+            continue
         with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as tmp_dir:
             tmp = Path(tmp_dir)
             dense_path = tmp / "dense.onnx"
@@ -705,13 +722,10 @@ def main(argv: list[str] | None = None) -> None:
             for target in args.targets:
                 for method in args.methods:
                     key = cell_key(method, target)
-                    if key in entry["cells"] and "error" not in entry["cells"][key]:
+                    if finished(entry, key):
                         continue
-                    if (method == "dense_more") != (target == 1.0):
-                        print(f"{name} {key}: skipped, dense_more runs at target 1 and only it does")
-                        continue
-                    if method == "mlprune_2step" and target >= TWO_STEP_R1:
-                        print(f"{name} {key}: skipped, the two steps start at {TWO_STEP_R1} (targets below only)")
+                    if (reason := skip_reason(method, target)) is not None:
+                        print(f"{name} {key}: skipped, {reason}")
                         continue
                     try:
                         cell = run_cell(method, target, dense, data, args, kd, dense_path, feeds, tmp, device)

@@ -62,8 +62,7 @@ from mlprune_fx.core.leap import active_cost_model
 from mlprune_fx.core.pruning_state import pruning_state
 from mlprune_fx.passes.graph_utils import copy_graph_module
 from mlprune_fx.passes.quantize_linears import quantize_linears
-from mlprune_fx.runtime.timing import cpu_description
-from mlprune_fx.tools.benchmarking import machine_header, markdown_table, session_opener, time_sessions
+from mlprune_fx.tools.benchmarking import machine_header, machine_line, markdown_table, session_opener, time_sessions
 from mlprune_fx.tools.cli.deploy_commands import ort_quantize_dynamic
 from mlprune_fx.tools.data import load_dataset
 
@@ -112,14 +111,9 @@ def accuracy_runs(out: Path, cost_path: Path, args) -> list[Path]:
     return runs
 
 
-def this_machine() -> str:
-    """The CPU as machine_header names it: speed-ups differ by CPU (int8 most), so each timing records where it ran."""
-    cpu = cpu_description()
-    return f"{cpu['cpu']}, {cpu['cores']} cores, flags: {cpu['flags']}"
-
-
 def header_machine(header: str) -> str:
-    """this_machine's part of a machine_header (bench_accuracy's record of where its cells ran)."""
+    """machine_line's part of a machine_header (where a results file's run last ran: its cells before they
+    recorded their own machine)."""
     return header.splitlines()[0].removeprefix("machine: ").split("; threads")[0]
 
 
@@ -172,7 +166,7 @@ def deployed_points(runs: list[Path], args) -> dict[str, dict]:
                     ms = time_sessions({k: session_opener(v, feeds, args.threads) for k, v in models.items()},
                                        rounds=args.rounds, runs=args.repeats)
                     done[key] = {"test_acc": acc, "ort_ms": ms["int8"], "dense_ort_ms": ms["dense"],
-                                 "machine": this_machine()}
+                                 "machine": machine_line()}
                     if fp32_path:
                         done[key]["fp32_ms"] = ms["fp32"]
                     bench_accuracy.save_json(done, path)
@@ -233,7 +227,7 @@ def points(runs: list[Path], int8: dict[str, dict], args,
                          "predicted_with": (other_fit or {}).get(f"{run.name}/{dataset}/{key}"),
                          "speedup": timed["dense_ort_ms"] / timed["fp32_ms"] if timed else
                          cell["dense_ort_ms"] / cell["ort_ms"],
-                         "machine": timed.get("machine") if timed else cells_machine})
+                         "machine": timed.get("machine") if timed else cell.get("machine", cells_machine)})
                     if q is not None:
                         name = f"{method} + int8" if method in OURS else f"{method} + ORT quantize_dynamic"
                         table.setdefault((name, s), []).append(

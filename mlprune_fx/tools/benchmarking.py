@@ -31,11 +31,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine_header(threads: int) -> str:
+def machine_line() -> str:
+    """The CPU a timing ran on: speed-ups differ by CPU (int8 most), so timings kept for later record it."""
     cpu = cpu_description()
+    return f"{cpu['cpu']}, {cpu['cores']} cores, flags: {cpu['flags']}"
+
+
+def machine_header(threads: int) -> str:
     ver = versions()
     return (
-        f"machine: {cpu['cpu']}, {cpu['cores']} cores, flags: {cpu['flags']}; threads used: {threads}\n"
+        f"machine: {machine_line()}; threads used: {threads}\n"
         + "versions: " + ", ".join(f"{k} {v}" for k, v in ver.items())
     )
 

@@ -32,7 +32,8 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     int8 = json.loads((tmp_path / "int8.json").read_text())
     assert {f"seed0/rotten_tomatoes/{m}@0.333333" for m in methods} | {"seed0/rotten_tomatoes/dense"} == set(int8)
     assert all(int8[f"seed0/rotten_tomatoes/{m}@0.333333"]["fp32_ms"] > 0 for m in methods)  # fp32 timed alone too
-    assert {r["machine"] for r in int8.values()} == {bench_frontier.this_machine()}
+    assert {r["machine"] for r in int8.values()} == {bench_frontier.machine_line()}
+    assert {c["machine"] for c in cells.values()} == {bench_frontier.machine_line()}  # the cells' own timings
     md = (tmp_path / "frontier.md").read_text()
     for name in ["dense", "dense + ORT quantize_dynamic", "mlprune_speedup_blocks + int8",
                  "magnitude + ORT quantize_dynamic"]:
@@ -46,7 +47,7 @@ def test_toy_frontier_runs_every_method_and_prints_the_targets(tmp_path, capsys)
     assert "rotten_tomatoes mlprune_speedup_int8 + int8 asked 3x: measured" in out
     assert "rotten_tomatoes mlprune_speedup_int8 @ 3x: predicted" not in out
     assert "Frontier (best mean test accuracy at the speed-up or faster" in md
-    assert f"Timed on: {bench_frontier.this_machine()} (7 points)" in md  # dense qd, 3 cells fp32 and int8
+    assert f"Timed on: {bench_frontier.machine_line()} (7 points)" in md  # dense qd, 3 cells fp32 and int8
     # resumable: a second run trains nothing and times nothing again
     capsys.readouterr()
     bench_frontier.main(argv)
@@ -123,7 +124,7 @@ def test_a_speed_up_that_dense_int8_already_gives_is_an_error_of_its_cell_not_of
 
 def test_a_table_timed_on_two_cpus_says_so():
     here = bench_frontier.header_machine(bench_frontier.machine_header(2))
-    assert here == bench_frontier.this_machine()
+    assert here == bench_frontier.machine_line()
     table = {("dense", 1.0): [{"test_acc": 0.82, "speedup": 1.0}],
              ("mlprune_speedup", 3.0): [{"test_acc": 0.81, "speedup": 2.8, "machine": here},
                                         {"test_acc": 0.81, "speedup": 3.2, "machine": "another CPU"}],
@@ -135,3 +136,18 @@ def test_a_table_timed_on_two_cpus_says_so():
     assert any(v.startswith("rt: speed-ups timed on 2 CPUs") for v in verdicts)
     del table[("mlprune_speedup", 3.0)][1]
     assert not any("CPUs" in v for v in bench_frontier.report({"rt": table}, {"rt": 1275}, args)[1])
+
+
+def test_a_point_not_timed_by_step_3_is_of_its_cells_machine_or_else_the_runs(tmp_path):
+    run = tmp_path / "seed0"
+    run.mkdir()
+    cell = {"test_acc": 0.8, "ort_ms": 50.0, "dense_ort_ms": 150.0, "predicted_speedup": 3.0}
+    results = {"machine": bench_frontier.machine_header(2), "datasets": {"rt": {
+        "dense": {"test_acc": 0.82}, "cells": {"mlprune_speedup@0.333333": cell | {"machine": "the cell's CPU"},
+                                               "torch_pruning@0.333333": cell}}}}
+    (run / "results.json").write_text(json.dumps(results))
+    args = type("Args", (), {"speedups": [3.0], "methods": ["mlprune_speedup", "torch_pruning"]})
+    table = bench_frontier.points([run], {}, args)["rt"]
+    assert table[("mlprune_speedup", 3.0)][0]["machine"] == "the cell's CPU"
+    assert table[("torch_pruning", 3.0)][0]["machine"] == bench_frontier.machine_line()
+    assert table[("torch_pruning", 3.0)][0]["speedup"] == 3.0
