@@ -51,6 +51,7 @@ import math
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -73,6 +74,7 @@ INT8_TARGETED = ("mlprune_speedup_int8",)  # their prediction and asked S are of
 ASKED = ("mlprune_speedup", "mlprune_speedup_blocks", "mlprune_speedup_int8 + int8")  # held to >= 0.9 S measured
 DENSE_QD = "dense + ORT quantize_dynamic"
 INT8_TIMINGS = "int8.json"  # step 3's record in OUT
+UNRECORDED = "unrecorded"
 
 
 def knob(speedup: float) -> float:
@@ -270,6 +272,7 @@ def frontier(table: dict[tuple[str, float], list[dict]], fam: str, speedup: floa
 def report(found: dict, test_sizes: dict[str, int], args) -> tuple[str, list[str]]:
     parts, verdicts = [], []
     for dataset, table in found.items():
+        timed = machine_counts(table)
         rows = []
         for (name, asked), records in sorted(table.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             rows.append([name, "-" if name in ("dense", DENSE_QD) else f"{asked:g}x", len(records),
@@ -279,8 +282,8 @@ def report(found: dict, test_sizes: dict[str, int], args) -> tuple[str, list[str
         other = [f"predicted by {args.predict_with.name}"] if args.predict_with else []
         parts += [f"### {dataset}", "", markdown_table(
             ["model", "asked", "seeds", "test acc (mean ± half range)", "measured speed-up", "predicted"] + other,
-            rows), "", timed_on(table), ""]
-        machines = {r["machine"] for records in table.values() for r in records if r.get("machine")}
+            rows), "", "Timed on: " + "; ".join(f"{m} ({n} points)" for m, n in sorted(timed.items())), ""]
+        machines = set(timed) - {UNRECORDED}
         if len(machines) > 1:
             verdicts.append(f"{dataset}: speed-ups timed on {len(machines)} CPUs, which measure different ratios: "
                             "time every point on one (run without --report-only there)")
@@ -333,15 +336,10 @@ def report(found: dict, test_sizes: dict[str, int], args) -> tuple[str, list[str
     return "\n".join(parts), verdicts
 
 
-def timed_on(table: dict[tuple[str, float], list[dict]]) -> str:
-    """Which CPUs measured the table's speed-ups (step 3's records before this field was kept: unrecorded)."""
-    counts: dict[str, int] = {}
-    for (name, _), records in table.items():
-        for r in records:
-            if name != "dense":
-                machine = r.get("machine") or "unrecorded"
-                counts[machine] = counts.get(machine, 0) + 1
-    return "Timed on: " + "; ".join(f"{m} ({n} points)" for m, n in sorted(counts.items()))
+def machine_counts(table: dict[tuple[str, float], list[dict]]) -> dict[str, int]:
+    """How many of the table's speed-ups each CPU measured (step 3's records before they kept it: UNRECORDED)."""
+    return dict(Counter(r.get("machine") or UNRECORDED for (name, _), records in table.items() if name != "dense"
+                        for r in records))
 
 
 def mean_of(records: list[dict], field: str) -> str:
